@@ -1,0 +1,79 @@
+"""`make run`: the whole platform on its embedded defaults, as child processes of this command.
+
+Each part is the same command production runs (web, broker, ingest worker, Celery worker with beat, a
+simulated fleet); this command only supervises them: it starts them in order, prints where to look,
+and stops them all when one dies or on Ctrl-C/SIGTERM.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen | None = None
+
+
+def manage(*args: str) -> list[str]:
+    return [sys.executable, str(settings.BASE_DIR / "manage.py"), *args]
+
+
+def platform_children(*, host: str, port: int) -> list[Child]:
+    """The processes of the embedded platform, in start order."""
+    return [
+        Child("web", manage("runserver", f"{host}:{port}", "--noreload")),
+    ]
+
+
+class Command(BaseCommand):
+    help = "Run the platform on its embedded defaults (web, broker, workers, simulated fleet)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--host", default="127.0.0.1")
+        parser.add_argument("--port", type=int, default=8000)
+
+    def handle(self, *args, host: str, port: int, **options):
+        settings.STATE_DIR.mkdir(parents=True, exist_ok=True)
+        call_command("migrate", interactive=False, verbosity=0)
+        call_command("ensure_operator", url=f"http://{host}:{port}")
+        children = platform_children(host=host, port=port)
+        stopping = False
+
+        def stop(signum, frame):
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        for child in children:
+            child.process = subprocess.Popen(child.argv, env=os.environ | child.env)
+            self.stdout.write(f"started {child.name} (pid {child.process.pid})")
+        self.stdout.write(f"The platform is up: http://{host}:{port}/  (Ctrl-C stops everything)")
+        try:
+            while not stopping:
+                for child in children:
+                    if child.process.poll() is not None:
+                        self.stderr.write(f"{child.name} exited with {child.process.returncode}; stopping")
+                        stopping = True
+                time.sleep(0.5)
+        finally:
+            for child in reversed(children):
+                if child.process and child.process.poll() is None:
+                    child.process.terminate()
+            for child in reversed(children):
+                if child.process:
+                    try:
+                        child.process.wait(timeout=10)
+                    except subprocess.TimeoutExpired:
+                        child.process.kill()

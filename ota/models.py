@@ -1,0 +1,1 @@
+"""Models of the ota app (filled in by its issue)."""

@@ -1,0 +1,1 @@
+"""Models of the policies app (filled in by its issue)."""

@@ -1,0 +1,46 @@
+import pytest
+from rest_framework.test import APIClient
+
+from fleet.models import Role
+from tests.factories import make_operator
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(postgres_server):
+    """Tests run on the real PostgreSQL started for this session (tests/services.py)."""
+
+
+@pytest.fixture
+def test_database_url(django_db_setup, postgres_server) -> str:
+    """The URL of the test database, for processes the test starts (workers, servers)."""
+    from django.conf import settings
+
+    return postgres_server.url(settings.DATABASES["default"]["NAME"])
+
+
+def _client_for(role: str) -> APIClient:
+    user, token = make_operator(role=role)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
+    client.user = user
+    return client
+
+
+@pytest.fixture
+def admin_api(db) -> APIClient:
+    return _client_for(Role.ADMIN)
+
+
+@pytest.fixture
+def operator_api(db) -> APIClient:
+    return _client_for(Role.OPERATOR)
+
+
+@pytest.fixture
+def viewer_api(db) -> APIClient:
+    return _client_for(Role.VIEWER)
+
+
+@pytest.fixture
+def anon_api() -> APIClient:
+    return APIClient()

@@ -9,5 +9,7 @@ urlpatterns = [
     path("login/", views.LoginView.as_view(), name="login"),
     path("logout/", views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
+    # Console pages: the shell here, each app's pages from its own urls.py.
     path("", views.dashboard, name="dashboard"),
+    path("", include("devices.urls")),
 ]

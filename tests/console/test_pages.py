@@ -338,9 +338,10 @@ def test_token_secret_is_shown_once_and_enrolls_a_device(operator_client):
         "/enrollment-tokens/",
         {"name": "batch 7", "group": "lab", "tags": "north", "max_uses": 5, "expires_in_days": 7, "auto_accept": "on"},
     )
-    assert response.status_code == 200
-    assert response["Cache-Control"] == "no-store"
-    secret = re.search(r"<code data-secret>(fet_[^<]+)</code>", html(response)).group(1)
+    assert response.status_code == 302  # post/redirect/get: a reload cannot create a second token
+    shown = operator_client.get(response["Location"])
+    assert shown["Cache-Control"] == "no-store"
+    secret = re.search(r"<code data-secret>(fet_[^<]+)</code>", html(shown)).group(1)
     token = EnrollmentToken.objects.get(name="batch 7")
     assert (token.max_uses, token.group.name, token.auto_accept) == (5, "lab", True)
 

@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from devices.models import DeviceGroup
-from devices.services import enrollment_token_create
+from devices.services import enrollment_token_create, group_create
 from fleet.errors import ApiError
 from fleet.services import Actor
 
@@ -17,10 +17,13 @@ class Command(BaseCommand):
         parser.add_argument("--pending", action="store_true", help="Devices wait for approval.")
 
     def handle(self, *args, name, max_uses, group, tags, pending, **options):
-        group_obj = DeviceGroup.objects.get_or_create(name=group)[0] if group else None
+        actor = Actor.system("cli")
         try:
+            group_obj = None
+            if group:
+                group_obj = DeviceGroup.objects.filter(name=group).first() or group_create(actor=actor, name=group)
             issued = enrollment_token_create(
-                actor=Actor.system("cli"),
+                actor=actor,
                 name=name,
                 group=group_obj,
                 tags=tags,

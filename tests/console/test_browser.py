@@ -73,9 +73,9 @@ def page_for(browser, live_server, transactional_db):
         context.close()
 
 
-def screenshot(page: Page, name: str) -> None:
+def screenshot(page: Page, name: str, *, full_page: bool = True) -> None:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=full_page)
 
 
 def enroll_over_http(base_url: str, token: str, device_id: str, hardware_class: str = "jetson-orin") -> dict:
@@ -250,3 +250,47 @@ def test_viewer_finds_no_write_control_and_a_forged_post_is_refused(page_for, li
         assert response.status == 403, path
     assert Device.objects.get(pk="cam-seen-1").status == DeviceStatus.ACTIVE
     assert Device.objects.get(pk="cam-wait-1").status == DeviceStatus.PENDING
+
+
+def test_device_list_pages_through_a_larger_fleet_with_next_and_previous(page_for):
+    from devices import services
+    from fleet.services import Actor
+    from tests.factories import make_device, make_token
+
+    system = Actor.system("tests")
+    sites = [services.group_create(actor=system, name=name) for name in ("plant-north", "plant-south", "lab")]
+    hardware = ["jetson-orin", "rpi5", "coral-devboard"]
+    now = timezone.now()
+    for n in range(62):
+        token = make_token(group=sites[n % 3], tags=["line-" + str(n % 4 + 1)])
+        make_device(f"cam-{n:03d}", token=token, hardware_class=hardware[n % 3], runtime="onnxruntime")
+        if n % 5:
+            services.device_mark_seen(device_id=f"cam-{n:03d}", online=n % 7 != 0, at=now - dt.timedelta(minutes=n))
+    for n in range(3):
+        make_device(f"door-{n}", token=make_token(auto_accept=False), hardware_class="rpi5")
+    services.device_revoke(actor=system, device=Device.objects.get(pk="cam-061"), reason="retired")
+    add_inference_history("cam-001")
+
+    page = page_for(Role.OPERATOR)
+    expect(page.locator('[data-counter="pending"]')).to_have_text("3")
+    screenshot(page, "dashboard-fleet")
+
+    page.click("nav >> text=Devices")
+    expect(page.locator("tr[data-device]")).to_have_count(50)
+    screenshot(page, "devices-fleet", full_page=False)
+    page.click("a[rel=next]")
+    expect(page.locator("tr[data-device]")).to_have_count(15)
+    expect(page).to_have_url(re.compile(r"after=cam-049"))
+    expect(page.locator("tr[data-device] >> nth=0")).to_have_attribute("data-device", "cam-050")
+    page.click("a[rel=prev]")
+    expect(page.locator("tr[data-device]")).to_have_count(50)
+    expect(page.locator("tr[data-device] >> nth=0")).to_have_attribute("data-device", "cam-000")
+
+    # Filters combine (same FilterSet as the API) and keep paging within the filtered set.
+    page.select_option("select[name=group]", "plant-south")
+    page.select_option("select[name=online]", "true")
+    expect(page.locator("tr[data-device]")).to_have_count(
+        Device.objects.filter(group__name="plant-south", online=True).count()
+    )
+    page.goto("/devices/cam-001/")
+    screenshot(page, "device-fleet")

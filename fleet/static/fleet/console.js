@@ -59,10 +59,28 @@
     });
   }
 
+  // Live rates from monotonic counters: each poll swaps in the new total; the rate is the change since
+  // the previous poll of this page, so the server keeps no history for it.
+  var lastSeen = {};
+  function initRates(root) {
+    root.querySelectorAll("[data-rate-of]").forEach(function (el) {
+      var name = el.getAttribute("data-rate-of");
+      var value = parseFloat(el.getAttribute("data-value"));
+      var now = Date.now() / 1000;
+      var before = lastSeen[name];
+      lastSeen[name] = { value: value, at: now };
+      var out = document.querySelector('[data-rate-for="' + name + '"]');
+      if (out && before && now > before.at && value >= before.value) {
+        out.textContent = "(" + ((value - before.value) / (now - before.at)).toFixed(1) + " per second now)";
+      }
+    });
+  }
+
   function init(root) {
     initSelection(root);
     initCopy(root);
     initCharts(root);
+    initRates(root);
   }
 
   document.addEventListener("DOMContentLoaded", function () {

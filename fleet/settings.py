@@ -205,3 +205,9 @@ if not DEBUG:
 
 # Enrollment is the one unauthenticated write: rate-limit it per client address.
 ENROLL_RATE_LIMIT = env_str("FLEET_ENROLL_RATE_LIMIT", "100000/minute")
+
+# LLM gateway (policies app): OpenAI-compatible upstreams as a JSON list, the budget currency, and the
+# output cap the gateway forwards when neither the request nor the policy sets one. See docs/configuration.md.
+LLM_UPSTREAMS = env_str("LLM_UPSTREAMS", "[]")
+LLM_CURRENCY = env_str("LLM_CURRENCY", "USD")
+LLM_DEFAULT_MAX_OUTPUT_TOKENS = env_int("LLM_DEFAULT_MAX_OUTPUT_TOKENS", 1024, minimum=1)

@@ -73,7 +73,7 @@ def policy_create(
 def policy_update(*, actor: Actor, policy: Policy, document: dict) -> Policy:
     policy_validate(document)
     # Two operators saving at once: lock the row so versions are not lost and both changes are audited.
-    locked = Policy.objects.select_for_update().select_related("group").get(pk=policy.pk)
+    locked = Policy.objects.select_for_update(of=("self",)).select_related("group").get(pk=policy.pk)
     before = {"document": locked.document, "version": locked.version}
     locked.document = document
     locked.version = F("version") + 1

@@ -5,7 +5,7 @@ import datetime as dt
 from dataclasses import dataclass
 
 from django.db import connection, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from rest_framework.exceptions import ErrorDetail, ValidationError
 
 from devices.models import Device, DeviceGroup, DeviceStatus
@@ -224,10 +224,16 @@ def budget_reserve(
 
 
 def _adjust_counters(reservation: Reservation, *, tokens: int, cost_micros: int, requests: int) -> None:
+    """Apply a correction to every window the reservation counted in: one UPDATE (relative, so it
+    composes with concurrent reservations without a read)."""
+    if not reservation.windows:
+        return
+    windows = Q()
     for window, start in reservation.windows:
-        BudgetCounter.objects.filter(device_id=reservation.device_id, window=window, window_start=start).update(
-            tokens=F("tokens") + tokens, cost_micros=F("cost_micros") + cost_micros, requests=F("requests") + requests
-        )
+        windows |= Q(window=window, window_start=start)
+    BudgetCounter.objects.filter(windows, device_id=reservation.device_id).update(
+        tokens=F("tokens") + tokens, cost_micros=F("cost_micros") + cost_micros, requests=F("requests") + requests
+    )
 
 
 @transaction.atomic

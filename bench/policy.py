@@ -69,7 +69,35 @@ def bench_decide(iterations: int = 200_000) -> dict:
     return {"p50_us": percentile(timings, 0.5) / 1000, "p99_us": percentile(timings, 0.99) / 1000}
 
 
-def start_database() -> str:
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def children(ppid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == ppid:
+                out.append(int(entry.name))
+    return out
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of processes (what they cost, whatever else competes for the cores)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / CLOCK_TICKS
+
+
+def start_database():
     import psycopg
 
     server = test_services._start_postgres()
@@ -226,12 +254,23 @@ def main() -> None:
             f"gateway overhead: p50 {overhead_p50:.2f} ms, p99 {overhead_p99:.2f} ms (mean direct "
             f"{statistics.mean(direct):.2f} ms)"
         )
+        web_pids = children(processes[1].pid)
+        postmaster = int((database.data_dir / "postmaster.pid").read_text().split()[0])
+        db_pids = children(postmaster)
+        cpu_before = cpu_seconds(web_pids), cpu_seconds(db_pids)
         started = time.monotonic()
         ok, failed = load(gateway_url, tokens, args.seconds, args.clients)
         rps = ok / (time.monotonic() - started)
+        web_ms = (cpu_seconds(web_pids) - cpu_before[0]) / max(ok, 1) * 1000
+        db_ms = (cpu_seconds(db_pids) - cpu_before[1]) / max(ok, 1) * 1000
         print(
             f"gateway throughput: {rps:.0f} requests/s ({ok} ok, {failed} failed, {args.clients} devices, "
             f"{args.workers} gunicorn workers x 4 threads)"
+        )
+        print(
+            f"CPU per gateway request: {web_ms:.2f} ms in gunicorn + {db_ms:.2f} ms in PostgreSQL; two idle cores "
+            f"would give about {2000 / (web_ms + db_ms):.0f} requests/s for the platform's share "
+            "(upstream and load generator not counted)"
         )
         print(
             json.dumps(
@@ -242,6 +281,7 @@ def main() -> None:
                     "gateway_overhead_p50_ms": round(overhead_p50, 2),
                     "gateway_overhead_p99_ms": round(overhead_p99, 2),
                     "gateway_rps": round(rps, 1),
+                    "gateway_cpu_ms_per_request": round(web_ms + db_ms, 2),
                 }
             )
         )

@@ -55,12 +55,22 @@ _COMPILED_MAX = 4096
 
 
 def compiled_policy(device: Device) -> tuple[CompiledPolicy, dict]:
-    """(compiled policy, effective document) of a device, for the gateway: one query, merge cached."""
-    rows = scope_policies(device)
-    key = tuple((row.pk, row.version) for row in rows)
+    """(compiled policy, effective document) of a device, for the gateway: one light query for the
+    (id, version) of its scope rows; the documents are only read and merged on a cache miss."""
+    condition = Q(scope=Scope.FLEET) | Q(device_id=device.pk)
+    if device.group_id:
+        condition |= Q(group_id=device.group_id)
+    order = {Scope.FLEET: 0, Scope.GROUP: 1, Scope.DEVICE: 2}
+    key = tuple(
+        (pk, version)
+        for _, pk, version in sorted(
+            (order[scope], pk, version)
+            for scope, pk, version in Policy.objects.filter(condition).values_list("scope", "pk", "version")
+        )
+    )
     hit = _compiled.get(key)
     if hit is None:
-        document = merge_policies(_scopes(rows)).document
+        document = effective_policy(device).document
         hit = (compile_policy(document), document)
         _compiled[key] = hit
         if len(_compiled) > _COMPILED_MAX:

@@ -2,6 +2,8 @@
 gateway's budget reservations and usage ledger."""
 
 import datetime as dt
+import json
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 from django.db import connection, transaction
@@ -140,23 +142,28 @@ def budget_limits(document: dict) -> dict[str, dict]:
 
 
 _COUNTER_TABLE = BudgetCounter._meta.db_table
+_USAGE_TABLE = LlmUsage._meta.db_table
 
 
-def _reserve_window(
+def _fits_alone(limits: dict, tokens: int, cost_micros: int) -> bool:
+    """Whether one request fits an empty window (the upsert's INSERT branch has no WHERE to check it)."""
+    return (
+        tokens <= limits.get("tokens", tokens)
+        and cost_micros <= limits.get("cost", float("inf")) * 1_000_000
+        and limits.get("requests", 1) >= 1
+    )
+
+
+def _upsert_sql(
     device_id: str, window: str, start: dt.datetime, limits: dict, tokens: int, cost_micros: int
-) -> bool:
+) -> tuple[str, list]:
     """Add one request's reservation to a window counter, only if it stays within every limit.
 
     The race: many gateway requests of one device at once. INSERT ... ON CONFLICT DO UPDATE ... WHERE
     locks the counter row and re-checks the limits on the newest row version (PostgreSQL re-evaluates
     the WHERE after waiting for a concurrent updater), so the sum of reservations never passes a limit.
+    Returns a row only when the reservation was made.
     """
-    if (
-        tokens > limits.get("tokens", tokens)
-        or cost_micros > limits.get("cost", float("inf")) * 1_000_000
-        or limits.get("requests", 1) < 1
-    ):
-        return False
     checks, params = [], [device_id, window, start, tokens, cost_micros]
     table = connection.ops.quote_name(_COUNTER_TABLE)
     if "tokens" in limits:
@@ -177,9 +184,66 @@ def _reserve_window(
         f"tokens = {table}.tokens + EXCLUDED.tokens, cost_micros = {table}.cost_micros + EXCLUDED.cost_micros, "
         f"requests = {table}.requests + 1 {where} RETURNING id"
     )
+    return sql, params
+
+
+def _reserve_window(
+    device_id: str, window: str, start: dt.datetime, limits: dict, tokens: int, cost_micros: int
+) -> bool:
+    if not _fits_alone(limits, tokens, cost_micros):
+        return False
+    sql, params = _upsert_sql(device_id, window, start, limits, tokens, cost_micros)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.fetchone() is not None
+
+
+_USAGE_COLUMNS = (
+    "device_id, group_name, source, seq, at, task, data_class, route, reason, model, upstream, "
+    "tokens_in, tokens_out, cost_micros, state, reserved"
+)
+
+
+def _reserve_in_one_statement(
+    device: Device, windows: list[tuple[str, dt.datetime, dict]], ledger: dict, tokens: int, cost_micros: int
+) -> tuple[int | None, str | None]:
+    """PostgreSQL hot path: every window's upsert and the ledger row in one statement (data-modifying
+    CTEs); the ledger row is only inserted if every window took the reservation. Returns (ledger id or
+    None, the first window that refused)."""
+    ctes, params, flags = [], [], []
+    for index, (window, start, limits) in enumerate(windows):
+        if not _fits_alone(limits, tokens, cost_micros):
+            return None, window
+        sql, upsert_params = _upsert_sql(device.pk, window, start, limits, tokens, cost_micros)
+        ctes.append(f"w{index} AS ({sql})")
+        params += upsert_params
+        flags.append(f"EXISTS (SELECT 1 FROM w{index})")  # noqa: S608
+    usage = connection.ops.quote_name(_USAGE_TABLE)
+    groups = connection.ops.quote_name(DeviceGroup._meta.db_table)
+    all_reserved = " AND ".join(flags) or "TRUE"
+    ctes.append(
+        f"ins AS (INSERT INTO {usage} ({_USAGE_COLUMNS}) SELECT %s, "  # noqa: S608
+        f"COALESCE((SELECT name FROM {groups} WHERE id = %s), ''), %s, NULL, %s, %s, %s, 'cloud', 'reserved', %s, "
+        f"'', 0, 0, 0, 'reserved', %s::jsonb WHERE {all_reserved} RETURNING id)"
+    )
+    params += [
+        device.pk,
+        device.group_id,
+        Source.GATEWAY,
+        ledger["at"],
+        ledger["task"],
+        ledger["data_class"],
+        ledger["model"],
+        json.dumps({"tokens": tokens, "cost_micros": cost_micros}),
+    ]
+    select = ", ".join(["(SELECT id FROM ins)", *flags])
+    with connection.cursor() as cursor:
+        cursor.execute(f"WITH {', '.join(ctes)} SELECT {select}", params)
+        row = cursor.fetchone()
+    if row[0] is not None:
+        return row[0], None
+    refused = next(window for (window, _, _), ok in zip(windows, row[1:], strict=True) if not ok)
+    return None, refused
 
 
 def budget_reserve(
@@ -199,6 +263,22 @@ def budget_reserve(
     """
     limits = budget_limits(document)
     starts = window_starts(at)
+    windows = [(window, starts[window], limits[window]) for window in sorted(limits)]
+    if connection.vendor == "postgresql":
+        ledger = {"at": at, "task": task, "data_class": data_class, "model": model}
+        # One statement is atomic by itself; with several windows a refusal by a later window must also
+        # undo the earlier ones, so it runs in a transaction that the raise rolls back.
+        with transaction.atomic() if len(windows) > 1 else nullcontext():
+            usage_id, refused = _reserve_in_one_statement(device, windows, ledger, tokens, cost_micros)
+            if usage_id is None:
+                raise BudgetRefused("rate_limited" if refused == "minute" else "budget_exhausted", refused)
+        return Reservation(
+            usage_id=usage_id,
+            device_id=device.pk,
+            windows=tuple((window, start) for window, start, _ in windows),
+            tokens=tokens,
+            cost_micros=cost_micros,
+        )
     reserved = []
     with transaction.atomic():
         for window in sorted(limits):
@@ -236,7 +316,6 @@ def _adjust_counters(reservation: Reservation, *, tokens: int, cost_micros: int,
     )
 
 
-@transaction.atomic
 def budget_settle(
     *,
     reservation: Reservation,
@@ -247,21 +326,50 @@ def budget_settle(
     cost_micros: int,
 ) -> None:
     """Replace the reservation by what the upstream reported it used (the estimate is an upper bound, so
-    this only ever gives budget back)."""
-    _adjust_counters(
-        reservation,
-        tokens=tokens_in + tokens_out - reservation.tokens,
-        cost_micros=cost_micros - reservation.cost_micros,
-        requests=0,
+    this only ever gives budget back). Counters and the ledger row change together, or not at all."""
+    tokens_delta = tokens_in + tokens_out - reservation.tokens
+    cost_delta = cost_micros - reservation.cost_micros
+    if connection.vendor == "postgresql" and reservation.windows:
+        _settle_in_one_statement(reservation, reason, upstream, tokens_in, tokens_out, cost_micros)
+        return
+    with transaction.atomic():
+        _adjust_counters(reservation, tokens=tokens_delta, cost_micros=cost_delta, requests=0)
+        LlmUsage.objects.filter(pk=reservation.usage_id).update(
+            state="settled",
+            reason=reason,
+            upstream=upstream,
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+            cost_micros=cost_micros,
+        )
+
+
+def _settle_in_one_statement(reservation, reason, upstream, tokens_in, tokens_out, cost_micros) -> None:
+    """The gateway's hot path on PostgreSQL: one statement (a data-modifying CTE) is one implicit
+    transaction, instead of BEGIN, two UPDATEs and COMMIT."""
+    counters = connection.ops.quote_name(_COUNTER_TABLE)
+    usage = connection.ops.quote_name(_USAGE_TABLE)
+    windows = " OR ".join(['("window" = %s AND window_start = %s)'] * len(reservation.windows))
+    params = [
+        tokens_in + tokens_out - reservation.tokens,
+        cost_micros - reservation.cost_micros,
+        reservation.device_id,
+        *[value for window in reservation.windows for value in window],
+        reason,
+        upstream,
+        tokens_in,
+        tokens_out,
+        cost_micros,
+        reservation.usage_id,
+    ]
+    sql = (
+        f"WITH adjusted AS (UPDATE {counters} SET tokens = tokens + %s, cost_micros = cost_micros + %s "  # noqa: S608
+        f"WHERE device_id = %s AND ({windows}) RETURNING 1) "
+        f"UPDATE {usage} SET state = 'settled', reason = %s, upstream = %s, tokens_in = %s, tokens_out = %s, "
+        "cost_micros = %s WHERE id = %s"
     )
-    LlmUsage.objects.filter(pk=reservation.usage_id).update(
-        state="settled",
-        reason=reason,
-        upstream=upstream,
-        tokens_in=tokens_in,
-        tokens_out=tokens_out,
-        cost_micros=cost_micros,
-    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
 
 
 @transaction.atomic

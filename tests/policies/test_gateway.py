@@ -201,3 +201,14 @@ def test_pending_device_cannot_use_the_gateway(gateway_upstreams):
     make_policy()
     result, _ = make_device("cam-pending", token=make_token(auto_accept=False))
     assert ask(result.device_token).status_code == 403
+
+
+def test_a_refusal_by_one_window_does_not_charge_the_others(gateway_upstreams):
+    make_policy("fleet", PRIVACY_FIRST | {"budgets": {"day": {"requests": 5}, "hour": {"requests": 1}}})
+    result, _ = make_device("cam-windows")
+    assert ask(result.device_token).status_code == 200
+    refused = ask(result.device_token)
+    assert (refused.status_code, refused.json()["error"]["code"]) == (429, "budget_exhausted")
+    assert "hour" in refused.json()["error"]["message"]
+    counters = dict(BudgetCounter.objects.filter(device=result.device).values_list("window", "requests"))
+    assert counters == {"day": 1, "hour": 1}  # the day window's share of the refused request was rolled back

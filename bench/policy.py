@@ -1,7 +1,7 @@
 """Benchmark of the cloud-LLM policy path: decide() in-process, the gateway's added latency over calling
 the upstream directly, and gateway requests/s.
 
-    .venv/bin/python bench/policy.py [--seconds 10] [--clients 16] [--workers 4]
+    .venv/bin/python bench/policy.py [--seconds 10] [--clients 16] [--workers 2] [--threads 8]
 
 It starts its own PostgreSQL (tests/services.py helpers), a loopback OpenAI-compatible upstream in another
 process (tests/policies/upstream.py) and the platform under gunicorn in another process, enrolls a device,
@@ -182,7 +182,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--samples", type=int, default=1000)
     args = parser.parse_args()
 
@@ -225,7 +226,7 @@ def main() -> None:
                     "-k",
                     "gthread",
                     "--threads",
-                    "4",
+                    str(args.threads),
                     "--log-level",
                     "warning",
                 ],
@@ -265,7 +266,7 @@ def main() -> None:
         db_ms = (cpu_seconds(db_pids) - cpu_before[1]) / max(ok, 1) * 1000
         print(
             f"gateway throughput: {rps:.0f} requests/s ({ok} ok, {failed} failed, {args.clients} devices, "
-            f"{args.workers} gunicorn workers x 4 threads)"
+            f"{args.workers} gunicorn workers x {args.threads} threads)"
         )
         print(
             f"CPU per gateway request: {web_ms:.2f} ms in gunicorn + {db_ms:.2f} ms in PostgreSQL; two idle cores "

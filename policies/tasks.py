@@ -4,12 +4,14 @@ from itertools import islice
 
 from celery import shared_task
 
+from fleet.mqtt import MqttUnavailable
 from policies import notify, services
 
 FAN_OUT = 2000
 
 
-@shared_task(acks_late=True, autoretry_for=(OSError,), retry_backoff=True, max_retries=10)
+# The broker being away is the expected failure: retry with backoff (republishing retained state is harmless).
+@shared_task(acks_late=True, autoretry_for=(MqttUnavailable, OSError), retry_backoff=True, max_retries=10)
 def publish_device_policies(device_ids: list[str]) -> int:
     return notify.publish_device_policies(device_ids)
 

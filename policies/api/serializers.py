@@ -43,3 +43,24 @@ class EffectivePolicySerializer(serializers.Serializer):
 class UsageQuerySerializer(serializers.Serializer):
     window = serializers.ChoiceField(choices=["minute", "hour", "day", "month"], default="day")
     group = serializers.SlugField(required=False)
+
+
+class UsageRowSerializer(serializers.Serializer):
+    source = serializers.CharField(help_text="gateway (authoritative) or device (its own reports)")
+    model = serializers.CharField(required=False)
+    route = serializers.CharField(required=False)
+    reason = serializers.CharField(required=False)
+    tokens_in = serializers.IntegerField()
+    tokens_out = serializers.IntegerField()
+    cost = serializers.FloatField()
+    requests = serializers.IntegerField()
+
+
+class UsageOutputSerializer(serializers.Serializer):
+    window = serializers.CharField()
+    since = serializers.CharField()
+    cloud_by_model = UsageRowSerializer(many=True)
+    decisions_by_reason = UsageRowSerializer(many=True)
+    device_id = serializers.CharField(required=False)
+    group = serializers.CharField(required=False, allow_null=True)
+    budgets = serializers.JSONField(required=False, help_text="Per window: limits, used, left.")

@@ -72,7 +72,10 @@ class EffectivePolicyView(APIView):
 class DeviceUsageView(APIView):
     """A device's LLM usage in the current window: cloud usage by model, decisions by reason, budgets."""
 
-    @extend_schema(parameters=[OpenApiParameter("window", str, enum=["minute", "hour", "day", "month"])])
+    @extend_schema(
+        parameters=[OpenApiParameter("window", str, enum=["minute", "hour", "day", "month"])],
+        responses=s.UsageOutputSerializer,
+    )
     def get(self, request, device_id: str):
         query = s.UsageQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
@@ -95,7 +98,8 @@ class UsageView(APIView):
         parameters=[
             OpenApiParameter("window", str, enum=["minute", "hour", "day", "month"]),
             OpenApiParameter("group", str),
-        ]
+        ],
+        responses=s.UsageOutputSerializer,
     )
     def get(self, request):
         query = s.UsageQuerySerializer(data=request.query_params)

@@ -214,3 +214,9 @@ ENROLL_RATE_LIMIT = env_str("FLEET_ENROLL_RATE_LIMIT", "100000/minute")
 LLM_UPSTREAMS = env_str("LLM_UPSTREAMS", "[]")
 LLM_CURRENCY = env_str("LLM_CURRENCY", "USD")
 LLM_DEFAULT_MAX_OUTPUT_TOKENS = env_int("LLM_DEFAULT_MAX_OUTPUT_TOKENS", 1024, minimum=1)
+# Re-derive and republish changed device policies (new devices, devices moved between groups).
+POLICY_RECONCILE_SECONDS = env_int("POLICY_RECONCILE_SECONDS", 900, minimum=60)
+CELERY_BEAT_SCHEDULE["policies-reconcile"] = {
+    "task": "policies.tasks.reconcile_policies",
+    "schedule": POLICY_RECONCILE_SECONDS,
+}

@@ -68,6 +68,15 @@ def sign_device_policies(device_ids: list[str]) -> list[tuple[str, bytes]]:
     return messages
 
 
+def republish_stored(device_ids: list[str]) -> int:
+    """Publish the envelopes already signed for these devices, as they are (e.g. one signed on demand
+    when a device fetched it over HTTP)."""
+    rows = PublishedPolicy.objects.filter(device_id__in=device_ids).values_list("device_id", "envelope")
+    messages = [(device_topic(device_id, POLICY_TOPIC_LEAF), bytes(envelope)) for device_id, envelope in rows]
+    _publish_retained(messages)
+    return len(messages)
+
+
 def publish_device_policies(device_ids) -> int:
     """Sign and publish the policies of these devices in batches; returns how many were sent."""
     sent = 0

@@ -16,6 +16,19 @@ def publish_device_policies(device_ids: list[str]) -> int:
     return notify.publish_device_policies(device_ids)
 
 
+@shared_task(acks_late=True, autoretry_for=(MqttUnavailable, OSError), retry_backoff=True, max_retries=10)
+def republish_stored_policies(device_ids: list[str]) -> int:
+    return notify.republish_stored(device_ids)
+
+
+@shared_task(acks_late=True)
+def reconcile_policies() -> int:
+    """Periodic (beat): re-derive every device's effective policy and publish those that changed. It
+    catches what no scope change announces: newly enrolled devices and devices moved to another group.
+    Devices whose policy did not change cost a merge and a hash, and are sent nothing."""
+    return publish_scope_policies(scope="fleet")
+
+
 @shared_task(acks_late=True)
 def publish_scope_policies(*, scope: str, group_id: int | None = None, device_id: str | None = None) -> int:
     """A scope changed: fan out the affected devices in chunks, one publish task each (a fleet policy

@@ -1,3 +1,4 @@
+from django.db import transaction
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
@@ -11,7 +12,7 @@ from devices.models import Device
 from devices.permissions import IsDevice
 from fleet.services import Actor
 from fleet_agent.policy.decide import window_starts
-from policies import selectors, services
+from policies import notify, selectors, services, tasks
 from policies.api import serializers as s
 from policies.models import Policy, PublishedPolicy
 
@@ -112,16 +113,16 @@ class UsageView(APIView):
 
 class DevicePolicyView(APIView):
     """The calling device's signed policy envelope, the same bytes as the retained MQTT message: for a
-    device that has not received it over MQTT yet (it verifies it the same way)."""
+    device that has not received it over MQTT (yet); it verifies it the same way."""
 
     permission_classes = [IsDevice]
 
-    @extend_schema(responses={200: {"type": "object"}, 404: {"type": "object"}})
+    @extend_schema(responses={200: {"type": "object"}})
     def get(self, request):
-        published = PublishedPolicy.objects.filter(device=device_of(request)).first()
-        if published is None:
-            return Response(
-                {"error": {"code": "policy_not_published", "message": "No policy has been published yet."}},
-                status=status.HTTP_404_NOT_FOUND,
-            )
-        return HttpResponse(bytes(published.envelope), content_type="application/json")
+        device = device_of(request)
+        # Signed on demand if the device's effective policy changed since the last publish (or was never
+        # published, e.g. just after enrollment); the retained MQTT message is then brought up to date too.
+        if notify.sign_device_policies([device.pk]):
+            transaction.on_commit(lambda: tasks.republish_stored_policies.delay([device.pk]))
+        envelope = PublishedPolicy.objects.values_list("envelope", flat=True).get(device=device)
+        return HttpResponse(bytes(envelope), content_type="application/json")

@@ -8,6 +8,7 @@ from django.utils import timezone
 
 from devices.models import DeviceGroup
 from fleet.models import AuditEvent
+from fleet.services import Actor
 from policies import services
 from tests.factories import make_device, make_token
 from tests.policies.conftest import PRIVACY_FIRST, make_policy
@@ -149,14 +150,25 @@ def services_document(device):
     return effective_policy(device).document
 
 
-def test_device_fetches_its_signed_policy_over_http(anon_api):
-    from policies.notify import sign_device_policies
+def test_device_fetches_its_signed_policy_over_http(anon_api, django_capture_on_commit_callbacks):
+    from fleet_agent.policy import PolicyKeeper
+    from fleet_agent.policy.signature import load_public_key
+    from policies.signing import policy_public_key_pem
 
-    make_policy()
+    policy = make_policy()
     result, _ = make_device("cam-http-1")
     anon_api.credentials(HTTP_AUTHORIZATION=f"Device {result.device_token}")
-    assert anon_api.get("/api/v1/device/policy/").status_code == 404
-    [(_topic, envelope)] = sign_device_policies([result.device.pk])
-    response = anon_api.get("/api/v1/device/policy/")
-    assert response.status_code == 200
-    assert response.content == envelope
+    keeper = PolicyKeeper(public_key=load_public_key(policy_public_key_pem()), device_id="cam-http-1")
+    # Never published (just enrolled): signed on demand, and the MQTT copy is brought up to date after commit.
+    with django_capture_on_commit_callbacks() as callbacks:
+        first = anon_api.get("/api/v1/device/policy/")
+    assert first.status_code == 200
+    assert keeper.offer(first.content) and keeper.version == 1
+    assert len(callbacks) == 1
+    with django_capture_on_commit_callbacks() as callbacks:
+        assert anon_api.get("/api/v1/device/policy/").content == first.content  # unchanged: same envelope
+    assert callbacks == []
+    services.policy_update(
+        actor=Actor.system("tests"), policy=policy, document=PRIVACY_FIRST | {"offline": {"mode": "deny"}}
+    )
+    assert keeper.offer(anon_api.get("/api/v1/device/policy/").content) and keeper.version == 2

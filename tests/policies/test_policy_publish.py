@@ -116,3 +116,21 @@ def test_policy_changes_republish_after_commit(mqtt_broker, eager_celery, django
     published = PublishedPolicy.objects.get(device=result.device)
     assert published.version == 2
     assert keeper_for("cam-commit-1").offer(bytes(published.envelope))
+
+
+def test_reconcile_publishes_new_devices_and_devices_moved_between_groups(mqtt_broker, eager_celery):
+    make_policy()
+    group = DeviceGroup.objects.create(name="quiet")
+    make_policy("group", {"data_classes": {"public": "never"}}, group=group)
+    tasks.reconcile_policies()
+    result, _ = make_device("cam-late-1")  # enrolled after the last publish
+    assert not PublishedPolicy.objects.filter(device=result.device).exists()
+    tasks.reconcile_policies()
+    assert PublishedPolicy.objects.get(device=result.device).version == 1
+    result.device.group = group  # moved: no scope changed, but its effective policy did
+    result.device.save()
+    tasks.reconcile_policies()
+    published = PublishedPolicy.objects.get(device=result.device)
+    keeper = keeper_for("cam-late-1")
+    assert keeper.offer(bytes(published.envelope))
+    assert (keeper.version, keeper.payload["policy"]["data_classes"]["public"]) == (2, "never")

@@ -188,3 +188,12 @@ def test_keeper_keeps_the_last_good_policy():
     assert not keeper.offer(b"garbage")
     assert keeper.version == 2
     assert keeper.offer(sign_policy(key, payload(version=3)))
+
+
+def test_budget_left_takes_the_tightest_window_per_field():
+    from fleet_agent.policy import budget_left
+
+    doc = {"budgets": {"day": {"tokens": 1000, "requests": 10}, "month": {"tokens": 5000, "cost": 2.0}}}
+    used = {"day": {"tokens": 100, "requests": 10}, "month": {"tokens": 4500, "cost": 0.5}}
+    assert budget_left(doc, used) == BudgetLeft(tokens=500, cost=1.5, requests=0)
+    assert budget_left({"budgets": {}}, used) is None

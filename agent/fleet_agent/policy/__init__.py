@@ -10,7 +10,7 @@
 See docs/policies.md for the format, the inheritance rules and the reason codes.
 """
 
-from fleet_agent.policy.decide import BudgetLeft, CompiledPolicy, Decision, compile_policy, decide
+from fleet_agent.policy.decide import BudgetLeft, CompiledPolicy, Decision, budget_left, compile_policy, decide
 from fleet_agent.policy.document import PolicyError, validate_document
 from fleet_agent.policy.merge import EffectivePolicy, merge_policies
 from fleet_agent.policy.signature import PolicyKeeper, PolicyVerificationError, sign_policy, verify_signed_policy
@@ -23,6 +23,7 @@ __all__ = [
     "PolicyError",
     "PolicyKeeper",
     "PolicyVerificationError",
+    "budget_left",
     "compile_policy",
     "decide",
     "merge_policies",

@@ -237,6 +237,22 @@ def permitted(policy: CompiledPolicy, **inputs) -> tuple[bool, frozenset, bool]:
     return local_ok, frozenset(models), redact
 
 
+def budget_left(document: dict, used: dict[str, dict]) -> BudgetLeft | None:
+    """What is left of an effective policy's budgets, per field the tightest window, given what was used
+    in each window (``{"day": {"tokens": .., "cost": .., "requests": ..}}``). None when there is no budget."""
+    budgets = document.get("budgets") or {}
+    if not budgets:
+        return None
+    left: dict[str, float | None] = {"tokens": None, "cost": None, "requests": None}
+    for window, limits in budgets.items():
+        spent = used.get(window, {})
+        for field_name, limit in limits.items():
+            remaining = max(limit - spent.get(field_name, 0), 0)
+            if left[field_name] is None or remaining < left[field_name]:
+                left[field_name] = remaining
+    return BudgetLeft(tokens=left["tokens"], cost=left["cost"], requests=left["requests"])
+
+
 def window_starts(at: dt.datetime) -> dict[str, dt.datetime]:
     """The start (UTC) of the budget windows an instant falls in; shared so both sides count alike."""
     at = at.astimezone(dt.UTC)

@@ -13,6 +13,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from devices.models import Device
+from fleet.services import Actor, audit_record
 from fleet_agent.policy.signature import canonical_json, sign_policy
 from fleet_agent.protocol import device_topic
 from policies import selectors
@@ -37,6 +38,7 @@ def sign_device_policies(device_ids: list[str]) -> list[tuple[str, bytes]]:
     key = active_policy_key()
     prices = price_table()
     messages = []
+    versions: dict[str, int] = {}
     with transaction.atomic():
         devices = list(Device.objects.filter(pk__in=device_ids).order_by("pk"))
         effective = selectors.effective_policies(devices)
@@ -65,6 +67,16 @@ def sign_device_policies(device_ids: list[str]) -> list[tuple[str, bytes]]:
                 defaults={"version": version, "digest": digest, "envelope": envelope, "published_at": now},
             )
             messages.append((device_topic(device.pk, POLICY_TOPIC_LEAF), envelope))
+            versions[device.pk] = version
+        if versions:
+            # One audit event per batch (not per device): which devices got which version, signed by which key.
+            audit_record(
+                actor=Actor.system("policy-publisher"),
+                action="policy.publish",
+                object_type="policy_publication",
+                object_id=f"{len(versions)} devices",
+                after={"key_id": key.key_id, "versions": versions},
+            )
     return messages
 
 

@@ -9,6 +9,7 @@ from django.conf import settings
 
 from devices.models import DeviceGroup
 from fleet.celery import app as celery_app
+from fleet.models import AuditEvent
 from fleet_agent.identity import build_csr_pem, generate_private_key
 from fleet_agent.policy import PolicyKeeper
 from fleet_agent.policy.signature import load_public_key
@@ -59,6 +60,8 @@ def test_signed_policy_verifies_and_versions_only_move_on_change():
     assert keeper.offer(messages[0][1])
     assert keeper.payload["policy"]["data_classes"]["health"] == "never"
     assert notify.sign_device_policies([result.device.pk]) == []  # nothing changed: nothing sent
+    [event] = AuditEvent.objects.filter(action="policy.publish")
+    assert event.after["versions"] == {"cam-sign-1": 1}
     # Another device's policy does not verify for this one.
     other, _ = make_device("cam-sign-2")
     assert not keeper.offer(notify.sign_device_policies([other.device.pk])[0][1])

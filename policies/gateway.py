@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 STATUS_OF = {"budget_exhausted": 429, "rate_limited": 429}
 ERROR_TYPE = {401: "authentication_error", 403: "permission_denied", 429: "rate_limit_exceeded"}
 MAX_BODY = 2 * 1024 * 1024
-PER_MESSAGE_OVERHEAD = 8
+MAX_CHOICES = 8
 
 _client: httpx.Client | None = None
 
@@ -73,17 +73,21 @@ def _authenticate(request) -> Device | JsonResponse:
     return device
 
 
-def estimate_input_tokens(messages: list) -> int:
-    """An upper bound of the prompt's tokens: its UTF-8 bytes (a byte-level BPE token covers at least one
-    byte) plus a per-message overhead, so a reservation is never smaller than what is charged."""
+# Request fields besides the messages that the upstream also turns into prompt tokens.
+PROMPT_FIELDS = ("tools", "functions", "tool_choice", "response_format")
+
+
+def estimate_input_tokens(body: dict) -> int:
+    """An upper bound of the prompt's tokens: the UTF-8 bytes of every message as JSON (content, tool
+    calls, names, and the keys around them, which covers the per-message special tokens) and of the
+    tool definitions. A byte-level BPE token covers at least one byte, so a reservation is never smaller
+    than what the upstream charges."""
     total = 0
-    for message in messages:
-        total += PER_MESSAGE_OVERHEAD
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, str):
-            total += len(content.encode("utf-8"))
-        elif content is not None:
-            total += len(json.dumps(content, ensure_ascii=False).encode("utf-8"))
+    for message in body["messages"]:
+        total += len(json.dumps(message, ensure_ascii=False).encode("utf-8"))
+    for field in PROMPT_FIELDS:
+        if field in body:
+            total += len(json.dumps(body[field], ensure_ascii=False).encode("utf-8"))
     return total
 
 
@@ -125,12 +129,15 @@ def chat_completions(request):
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
         return error(400, "invalid_max_tokens", "max_tokens must be a positive integer.")
+    choices = body.get("n", 1)
+    if isinstance(choices, bool) or not isinstance(choices, int) or not 1 <= choices <= MAX_CHOICES:
+        return error(400, "invalid_n", f"n must be an integer from 1 to {MAX_CHOICES}.")
     stream = body.get("stream") is True
 
     policy, document = selectors.compiled_policy(device)
     rule = document["tasks"].get(task) or document["tasks"].get("*") or {}
     tokens_out = max_tokens or rule.get("max_output_tokens") or settings.LLM_DEFAULT_MAX_OUTPUT_TOKENS
-    tokens_in = estimate_input_tokens(messages)
+    tokens_in = estimate_input_tokens(body)
     decision = decide(
         policy,
         task=task,
@@ -160,7 +167,8 @@ def chat_completions(request):
     routes = upstreams_for(decision.model)
     if not routes:
         return refuse("model_not_configured", f"No upstream serves the model {decision.model!r}.", decision.model)
-    estimate = max(cost_micros(route, tokens_in, tokens_out) for _, route in routes)
+    # n choices each generate up to max_tokens: reserve for all of them.
+    estimate = max(cost_micros(route, tokens_in, tokens_out * choices) for _, route in routes)
     try:
         reservation = services.budget_reserve(
             device=device,
@@ -168,7 +176,7 @@ def chat_completions(request):
             task=task,
             data_class=data_class,
             model=decision.model,
-            tokens=tokens_in + tokens_out,
+            tokens=tokens_in + tokens_out * choices,
             cost_micros=estimate,
             at=at,
         )

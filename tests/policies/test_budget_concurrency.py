@@ -47,7 +47,7 @@ def test_concurrent_requests_never_exceed_the_request_budget(gateway_upstreams, 
 
 
 def test_concurrent_requests_never_exceed_the_token_and_cost_budget(gateway_upstreams, redis_server):
-    # Each request reserves its upper bound (about 220 tokens) and settles about 11: at most four are in
+    # Each request reserves its upper bound (about 245 tokens) and settles about 11: at most four are in
     # flight at once, and the settled total may never pass the limit.
     make_policy("fleet", PRIVACY_FIRST | {"budgets": {"hour": {"tokens": 1000, "cost": 0.002}}})
     result, _ = make_device("cam-conc-2")

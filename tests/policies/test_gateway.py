@@ -212,3 +212,18 @@ def test_a_refusal_by_one_window_does_not_charge_the_others(gateway_upstreams):
     assert "hour" in refused.json()["error"]["message"]
     counters = dict(BudgetCounter.objects.filter(device=result.device).values_list("window", "requests"))
     assert counters == {"day": 1, "hour": 1}  # the day window's share of the refused request was rolled back
+
+
+def test_several_choices_reserve_budget_for_each(gateway_upstreams):
+    make_policy("fleet", PRIVACY_FIRST | {"budgets": {"day": {"tokens": 500}}})
+    result, _ = make_device("cam-choices")
+    too_many = ask(result.device_token, n=3)  # 3 x 200 output tokens cannot fit 500
+    assert (too_many.status_code, too_many.json()["error"]["code"]) == (429, "budget_exhausted")
+    assert ask(result.device_token, n=1).status_code == 200
+    assert ask(result.device_token, n=0).json()["error"]["code"] == "invalid_n"
+
+
+def test_tool_definitions_count_towards_the_input_estimate(gateway_upstreams, device):
+    tools = [{"type": "function", "function": {"name": "lookup", "description": "x" * 5000}}]
+    response = ask(device[1], tools=tools)  # the messages are short, the prompt is not
+    assert response.json()["error"]["code"] == "tokens_over_limit"

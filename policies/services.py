@@ -164,7 +164,9 @@ def _upsert_sql(
     the WHERE after waiting for a concurrent updater), so the sum of reservations never passes a limit.
     Returns a row only when the reservation was made.
     """
-    checks, params = [], [device_id, window, start, tokens, cost_micros]
+    # Raw SQL: adapt the datetime as the ORM does, so the ORM's later updates match the same row (SQLite
+    # stores datetimes as text in Django's own format).
+    checks, params = [], [device_id, window, connection.ops.adapt_datetimefield_value(start), tokens, cost_micros]
     table = connection.ops.quote_name(_COUNTER_TABLE)
     if "tokens" in limits:
         checks.append(f"{table}.tokens + EXCLUDED.tokens <= %s")
@@ -230,7 +232,7 @@ def _reserve_in_one_statement(
         device.pk,
         device.group_id,
         Source.GATEWAY,
-        ledger["at"],
+        connection.ops.adapt_datetimefield_value(ledger["at"]),
         ledger["task"],
         ledger["data_class"],
         ledger["model"],
@@ -354,7 +356,11 @@ def _settle_in_one_statement(reservation, reason, upstream, tokens_in, tokens_ou
         tokens_in + tokens_out - reservation.tokens,
         cost_micros - reservation.cost_micros,
         reservation.device_id,
-        *[value for window in reservation.windows for value in window],
+        *[
+            value
+            for window, start in reservation.windows
+            for value in (window, connection.ops.adapt_datetimefield_value(start))
+        ],
         reason,
         upstream,
         tokens_in,

@@ -9,11 +9,12 @@ own rows are the authoritative cloud usage).
 import math
 
 from devices.models import Device
-from fleet_agent.policy.decide import REASONS
+from fleet_agent.policy.decide import GATEWAY_REASONS, REASONS
 from policies.models import LlmUsage, Source
 from telemetry.ingest_contract import DeviceMessage, Rejection
 
 ROUTES = {"local", "cloud", "deny"}
+KNOWN_REASONS = frozenset(REASONS + GATEWAY_REASONS)
 MAX_TOKENS = 10**9
 
 
@@ -26,7 +27,7 @@ def _check(body: dict) -> tuple[str, str] | None:
             return "field_type", field
     if body.get("route") not in ROUTES:
         return ("field_missing" if "route" not in body else "field_value"), "route"
-    if body["reason"] not in REASONS:
+    if body["reason"] not in KNOWN_REASONS:
         return "field_value", "reason"
     if not isinstance(body.get("model", ""), str) or len(body.get("model", "")) > 128:
         return "field_type", "model"

@@ -227,3 +227,23 @@ def test_tool_definitions_count_towards_the_input_estimate(gateway_upstreams, de
     tools = [{"type": "function", "function": {"name": "lookup", "description": "x" * 5000}}]
     response = ask(device[1], tools=tools)  # the messages are short, the prompt is not
     assert response.json()["error"]["code"] == "tokens_over_limit"
+
+
+def test_streaming_falls_back_before_the_first_byte(gateway_upstreams, device):
+    primary, backup = gateway_upstreams
+    primary.state.fail_with = 500
+    response = ask(device[1], stream=True)
+    assert response.status_code == 200
+    raw = b"".join(response.streaming_content).decode()
+    assert raw.rstrip().endswith("data: [DONE]")
+    assert backup.state.received[0]["body"]["stream"] is True
+    assert LlmUsage.objects.get(device=device[0]).upstream == "backup"
+
+
+def test_revoked_device_is_refused_with_401(gateway_upstreams, device):
+    from devices import services as device_services
+    from fleet.services import Actor
+
+    device_services.device_revoke(actor=Actor.system("tests"), device=device[0], reason="stolen")
+    response = ask(device[1])
+    assert (response.status_code, response.json()["error"]["code"]) == (401, "device_token_invalid")

@@ -51,6 +51,7 @@ def test_reports_are_stored_once_per_seq():
             tokens_out=12,
             cost=0.0004,
         ),
+        message("cam-ingest-1", 3, route="deny", reason="rate_limited"),  # a gateway answer, reported
     ]
     assert store_llm_usage(batch) == []
     assert store_llm_usage(batch) == []  # redelivered
@@ -58,6 +59,7 @@ def test_reports_are_stored_once_per_seq():
     assert [(r.seq, r.source, r.route, r.reason) for r in rows] == [
         (1, "device", "local", "egress_never"),
         (2, "device", "cloud", "cloud_allowed"),
+        (3, "device", "deny", "rate_limited"),
     ]
     assert (rows[1].tokens_in, rows[1].tokens_out, rows[1].cost_micros) == (30, 12, 400)
     assert not BudgetCounter.objects.exists()  # device reports never count against budgets

@@ -43,6 +43,15 @@ REASONS = (
     "offline_queue",
     "offline_deny",
 )
+# Reasons only the gateway gives (it knows the server's budget counters and its upstreams); a device
+# that got one back reports it on llm/usage like its own.
+GATEWAY_REASONS = (
+    "rate_limited",
+    "redaction_required",
+    "model_not_configured",
+    "upstream_unavailable",
+    "upstream_rejected",
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,18 +47,19 @@ def test_concurrent_requests_never_exceed_the_request_budget(gateway_upstreams, 
 
 
 def test_concurrent_requests_never_exceed_the_token_and_cost_budget(gateway_upstreams, redis_server):
-    # Each request reserves its upper bound (about 245 tokens) and settles about 11: at most four are in
-    # flight at once, and the settled total may never pass the limit.
-    make_policy("fleet", PRIVACY_FIRST | {"budgets": {"hour": {"tokens": 1000, "cost": 0.002}}})
+    # Each request reserves its upper bound (about 245 tokens, 890 micro-units) and settles about 11 tokens:
+    # with 300 tokens only one reservation fits at a time, and after a handful of settled requests none
+    # does, however the 48 requests interleave.
+    make_policy("fleet", PRIVACY_FIRST | {"budgets": {"day": {"tokens": 300, "cost": 0.002}}})
     result, _ = make_device("cam-conc-2")
     codes = hammer(result.device_token, REQUESTS)
     assert set(codes) <= {200, 429}
-    assert 200 in codes and 429 in codes
-    counter = BudgetCounter.objects.get(device=result.device, window="hour")
+    assert 1 <= codes.count(200) <= 300 // 11
+    counter = BudgetCounter.objects.get(device=result.device, window="day")
     settled = LlmUsage.objects.filter(device=result.device, state="settled").aggregate(
         tokens=Sum("tokens_in") + Sum("tokens_out"), cost=Sum("cost_micros")
     )
-    assert counter.tokens == settled["tokens"] <= 1000
+    assert counter.tokens == settled["tokens"] <= 300
     assert counter.cost_micros == settled["cost"] <= 2000
     assert counter.requests == codes.count(200)
     assert not LlmUsage.objects.filter(device=result.device, state="reserved").exists()  # nothing left dangling

@@ -197,3 +197,18 @@ def test_budget_left_takes_the_tightest_window_per_field():
     used = {"day": {"tokens": 100, "requests": 10}, "month": {"tokens": 4500, "cost": 0.5}}
     assert budget_left(doc, used) == BudgetLeft(tokens=500, cost=1.5, requests=0)
     assert budget_left({"budgets": {}}, used) is None
+
+
+def test_keeper_restores_its_last_good_policy_after_a_restart(tmp_path):
+    key = Ed25519PrivateKey.generate()
+    store = tmp_path / "policy.json"
+    keeper = PolicyKeeper(public_key=key.public_key(), device_id="cam-1", path=store)
+    assert not keeper.restore()  # nothing stored yet
+    assert keeper.offer(sign_policy(key, payload(version=4)))
+    assert not keeper.offer(sign_policy(Ed25519PrivateKey.generate(), payload(version=5)))  # not stored
+    restarted = PolicyKeeper(public_key=key.public_key(), device_id="cam-1", path=store)
+    assert restarted.restore() and restarted.version == 4
+    store.write_bytes(store.read_bytes().replace(b'"version":4', b'"version":9'))  # tampered on disk
+    tampered = PolicyKeeper(public_key=key.public_key(), device_id="cam-1", path=store)
+    assert not tampered.restore()
+    assert tampered.last_error.code == "bad_signature"

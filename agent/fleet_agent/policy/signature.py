@@ -12,7 +12,9 @@ policy is refused). Otherwise it keeps the last good policy.
 import base64
 import binascii
 import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -83,12 +85,28 @@ def verify_signed_policy(raw: bytes, public_key: Ed25519PublicKey, *, device_id:
 
 @dataclass
 class PolicyKeeper:
-    """Holds the device's last good policy: a new envelope replaces it only if it verifies."""
+    """Holds the device's last good policy: a new envelope replaces it only if it verifies.
+
+    With a ``path``, the accepted envelope is also written there (atomically), and ``restore()`` reads it
+    back after a restart, verifying it again: the device enforces its last good policy even offline.
+    """
 
     public_key: Ed25519PublicKey
     device_id: str
+    path: Path | None = None
     payload: dict | None = None
     last_error: PolicyVerificationError | None = None
+
+    def restore(self) -> bool:
+        """Load the stored envelope, if there is one and it still verifies."""
+        if self.path is None or not self.path.exists():
+            return False
+        try:
+            self.payload = verify_signed_policy(self.path.read_bytes(), self.public_key, device_id=self.device_id)
+        except PolicyVerificationError as exc:
+            self.last_error = exc
+            return False
+        return True
 
     @property
     def version(self) -> int:
@@ -104,4 +122,11 @@ class PolicyKeeper:
             self.last_error = exc
             return False
         self.last_error = None
+        if self.path is not None:
+            tmp = self.path.with_suffix(self.path.suffix + ".tmp")
+            with open(tmp, "wb") as fh:
+                fh.write(raw)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
         return True

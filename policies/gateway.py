@@ -16,14 +16,15 @@ import logging
 
 import httpx
 from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_POST
 
 from devices.models import Device, DeviceStatus
 from devices.services import device_authenticate_token
 from fleet_agent.policy import decide
+from fleet_agent.policy.document import NAME_RE
 from policies import selectors, services
 from policies.upstreams import cost_micros, upstreams_for
 
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 
 # 429 for spending limits (clients back off and retry later); 403 for everything the policy refuses.
 STATUS_OF = {"budget_exhausted": 429, "rate_limited": 429}
-ERROR_TYPE = {401: "authentication_error", 403: "permission_denied", 429: "rate_limit_exceeded"}
+ERROR_TYPE = {401: "authentication_error", 403: "permission_denied", 429: "rate_limit_exceeded"}  # else invalid_request
 MAX_BODY = 2 * 1024 * 1024
 MAX_CHOICES = 8
 
@@ -102,9 +103,12 @@ def _usage_of(body: dict) -> tuple[int, int] | None:
 
 
 @csrf_exempt
-@require_POST
 def chat_completions(request):
     at = timezone.now()
+    if request.method != "POST":
+        response = error(405, "method_not_allowed", "Use POST.", error_type="invalid_request_error")
+        response["Allow"] = "POST"
+        return response
     device = _authenticate(request)
     if isinstance(device, HttpResponse):
         return device
@@ -112,10 +116,22 @@ def chat_completions(request):
     data_class = request.headers.get("X-Fleet-Data-Class", "").strip()
     if not task or not data_class:
         return error(400, "task_or_data_class_missing", "Send the X-Fleet-Task and X-Fleet-Data-Class headers.")
-    if len(request.body) > MAX_BODY:
+    if not NAME_RE.match(task) or not NAME_RE.match(data_class) or data_class == "*":
+        return error(400, "invalid_task_or_data_class", "Task types and data classes are lowercase names.")
+    try:
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        declared = 0
+    if declared > MAX_BODY:
         return error(400, "request_too_large", f"The request body is larger than {MAX_BODY} bytes.")
     try:
-        body = json.loads(request.body)
+        raw = request.body
+    except RequestDataTooBig:
+        return error(400, "request_too_large", f"The request body is larger than {MAX_BODY} bytes.")
+    if len(raw) > MAX_BODY:
+        return error(400, "request_too_large", f"The request body is larger than {MAX_BODY} bytes.")
+    try:
+        body = json.loads(raw)
     except ValueError:
         return error(400, "invalid_json", "The request body is not JSON.")
     messages = body.get("messages") if isinstance(body, dict) else None

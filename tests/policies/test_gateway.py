@@ -252,3 +252,33 @@ def test_revoked_device_is_refused_with_401(gateway_upstreams, device):
     device_services.device_revoke(actor=Actor.system("tests"), device=device[0], reason="stolen")
     response = ask(device[1])
     assert (response.status_code, response.json()["error"]["code"]) == (401, "device_token_invalid")
+
+
+@pytest.mark.parametrize(
+    ("headers", "code"),
+    [
+        ({"X-Fleet-Task": "x" * 300}, "invalid_task_or_data_class"),
+        ({"X-Fleet-Data-Class": "Health Data"}, "invalid_task_or_data_class"),
+        ({"X-Fleet-Data-Class": "*"}, "invalid_task_or_data_class"),
+    ],
+)
+def test_bad_task_or_data_class_headers_are_400(gateway_upstreams, device, headers, code):
+    response = ask(device[1], extra_headers=headers)
+    assert (response.status_code, response.json()["error"]["code"]) == (400, code)
+
+
+def test_bad_bodies_are_openai_style_400s(gateway_upstreams, device):
+    headers = {"Authorization": f"Device {device[1]}", "X-Fleet-Task": "chat", "X-Fleet-Data-Class": "public"}
+    client = Client()
+    for raw, code in [
+        (b"{not json", "invalid_json"),
+        (b"[]", "messages_missing"),
+        (b'{"messages": []}', "messages_missing"),
+    ]:
+        response = client.post("/v1/chat/completions", raw, content_type="application/json", headers=headers)
+        assert (response.status_code, response.json()["error"]["code"]) == (400, code)
+    huge = json.dumps({"messages": [{"role": "user", "content": "x" * (3 * 1024 * 1024)}]})
+    response = client.post("/v1/chat/completions", huge, content_type="application/json", headers=headers)
+    assert (response.status_code, response.json()["error"]["code"]) == (400, "request_too_large")
+    response = client.get("/v1/chat/completions", headers=headers)
+    assert (response.status_code, response.json()["error"]["code"]) == (405, "method_not_allowed")

@@ -35,6 +35,7 @@ STATUS_OF = {"budget_exhausted": 429, "rate_limited": 429}
 ERROR_TYPE = {401: "authentication_error", 403: "permission_denied", 429: "rate_limit_exceeded"}  # else invalid_request
 MAX_BODY = 2 * 1024 * 1024
 MAX_CHOICES = 8
+MAX_OUTPUT_TOKENS = 1_000_000
 
 _client: httpx.Client | None = None
 
@@ -143,8 +144,10 @@ def chat_completions(request):
     if requested_model is not None and not isinstance(requested_model, str):
         return error(400, "invalid_model", "model must be a string.")
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
-        return error(400, "invalid_max_tokens", "max_tokens must be a positive integer.")
+    if max_tokens is not None and (
+        isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 1 <= max_tokens <= MAX_OUTPUT_TOKENS
+    ):
+        return error(400, "invalid_max_tokens", f"max_tokens must be an integer from 1 to {MAX_OUTPUT_TOKENS}.")
     choices = body.get("n", 1)
     if isinstance(choices, bool) or not isinstance(choices, int) or not 1 <= choices <= MAX_CHOICES:
         return error(400, "invalid_n", f"n must be an integer from 1 to {MAX_CHOICES}.")
@@ -207,7 +210,8 @@ def chat_completions(request):
     forward["max_tokens"] = tokens_out
     forward.pop("max_completion_tokens", None)
     if stream:
-        forward["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        options = body.get("stream_options")
+        forward["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
     return _forward(request, reservation, decision.reason, routes, forward, stream)
 
 

@@ -280,5 +280,18 @@ def test_bad_bodies_are_openai_style_400s(gateway_upstreams, device):
     huge = json.dumps({"messages": [{"role": "user", "content": "x" * (3 * 1024 * 1024)}]})
     response = client.post("/v1/chat/completions", huge, content_type="application/json", headers=headers)
     assert (response.status_code, response.json()["error"]["code"]) == (400, "request_too_large")
+    for field, value, code in [
+        ("max_tokens", 10**30, "invalid_max_tokens"),
+        ("max_tokens", 0, "invalid_max_tokens"),
+        ("model", ["small"], "invalid_model"),
+    ]:
+        body = {"messages": [{"role": "user", "content": "hi"}], field: value}
+        response = client.post(
+            "/v1/chat/completions", json.dumps(body), content_type="application/json", headers=headers
+        )
+        assert (response.status_code, response.json()["error"]["code"]) == (400, code)
+    streamed = ask(device[1], stream=True, stream_options="yes please")
+    assert streamed.status_code == 200
+    b"".join(streamed.streaming_content)
     response = client.get("/v1/chat/completions", headers=headers)
     assert (response.status_code, response.json()["error"]["code"]) == (405, "method_not_allowed")

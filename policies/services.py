@@ -6,7 +6,7 @@ import json
 from contextlib import nullcontext
 from dataclasses import dataclass
 
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q
 from rest_framework.exceptions import ErrorDetail, ValidationError
 
@@ -59,7 +59,14 @@ def policy_create(
     exists = Policy.objects.filter(scope=scope, group=group, device=device).exists()
     if exists:
         raise ApiError("policy_exists", "This scope has a policy already; update it.", status_code=409, field="scope")
-    policy = Policy.objects.create(scope=scope, group=group, device=device, document=document, updated_by=actor.user)
+    try:
+        with transaction.atomic():
+            policy = Policy.objects.create(
+                scope=scope, group=group, device=device, document=document, updated_by=actor.user
+            )
+    except IntegrityError as exc:
+        # Two operators creating the same scope's policy at once: the unique constraints decide.
+        raise ApiError("policy_exists", "This scope has a policy already; update it.", status_code=409) from exc
     audit_record(
         actor=actor,
         action="policy.create",

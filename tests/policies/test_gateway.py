@@ -6,6 +6,8 @@ import json
 import pytest
 from django.test import Client
 from django.utils import timezone
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from devices.models import DeviceGroup
 from policies.models import BudgetCounter, LlmUsage
@@ -295,3 +297,48 @@ def test_bad_bodies_are_openai_style_400s(gateway_upstreams, device):
     b"".join(streamed.streaming_content)
     response = client.get("/v1/chat/completions", headers=headers)
     assert (response.status_code, response.json()["error"]["code"]) == (405, "method_not_allowed")
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+gateway_bodies = st.fixed_dictionaries(
+    {},
+    optional={
+        "messages": st.one_of(
+            json_values,
+            st.lists(
+                st.fixed_dictionaries({"role": st.sampled_from(["user", "system"]), "content": json_values}),
+                max_size=3,
+            ),
+        ),
+        "model": st.one_of(json_values, st.sampled_from(["small", "large", "auto", ""])),
+        "max_tokens": json_values,
+        "n": json_values,
+        "stream": st.booleans(),
+        "stream_options": json_values,
+        "tools": json_values,
+    },
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    body=gateway_bodies,
+    task=st.sampled_from(["chat", "summarize", "x"]),
+    data_class=st.sampled_from(["public", "personal", "health", "zzz"]),
+)
+def test_any_request_body_gets_an_answer_never_a_500(gateway_upstreams, device, body, task, data_class):
+    response = Client().post(
+        "/v1/chat/completions",
+        json.dumps(body),
+        content_type="application/json",
+        headers={"Authorization": f"Device {device[1]}", "X-Fleet-Task": task, "X-Fleet-Data-Class": data_class},
+    )
+    if response.status_code == 200 and body.get("stream") is True:
+        b"".join(response.streaming_content)
+    assert response.status_code < 500, response.content
+    if response.status_code >= 400 and response.get("Content-Type") == "application/json":
+        assert set(response.json()["error"]) >= {"message", "code"}

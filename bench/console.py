@@ -195,6 +195,129 @@ def load(database_url: str, devices: int, rows: int, seed: int = 7) -> dict:
     return {"load_s": load_s, "rollup_rows": loaded_rows, "statuses": statuses}
 
 
+def load_raw_records(database_url: str, devices: int, rows: int, seed: int = 11) -> int:
+    """Raw inference records (telemetry.models.InferenceRecord, day-partitioned), when that table exists:
+    rows spread over the devices within the last day."""
+    try:
+        from telemetry.models import InferenceRecord  # noqa: F401 - only to know the table is there
+        from telemetry.partitions import ensure_partitions
+    except ImportError:
+        return 0
+    import psycopg
+
+    now = dt.datetime.now(dt.UTC)
+    ensure_partitions(today=(now - dt.timedelta(days=1)).date())
+    rng = random.Random(seed)
+    per_device = max(1, rows // devices)
+
+    def lines():
+        written = 0
+        for n in range(devices):
+            did = device_id(n)
+            start = rng.randint(60, 23 * 3600)
+            for seq in range(per_device):
+                if written == rows:
+                    return
+                ts = (now - dt.timedelta(seconds=start + seq * 7)).isoformat()
+                yield (
+                    f"{did}\t{seq}\t0\t{ts}\t{ts}\tdetect\tdetector\t1.4.0\t{20 + seq % 30}\t0.87\tperson\t"
+                    f"local\t\\N\t0\t0\t\\N\n"
+                )
+                written += 1
+
+    with psycopg.connect(database_url) as raw, raw.cursor() as cur:
+        cur.execute("SET synchronous_commit = off")
+        loaded = copy_rows(
+            cur,
+            "telemetry_inferencerecord",
+            [
+                "device_id",
+                "seq",
+                "idx",
+                "ts",
+                "received_at",
+                "task",
+                "model_name",
+                "model_version",
+                "latency_ms",
+                "confidence",
+                "label",
+                "route",
+                "cloud_model",
+                "tokens_in",
+                "tokens_out",
+                "error",
+            ],
+            lines(),
+        )
+        raw.commit()
+        raw.autocommit = True
+        cur.execute("VACUUM ANALYZE telemetry_inferencerecord")
+    return loaded
+
+
+def start_rollout() -> int | None:
+    """A release and a rollout started on every active device (its per-device rows are what the rollout
+    page counts), when the updates app is installed."""
+    try:
+        from django.core.files.uploadedfile import SimpleUploadedFile
+
+        from fleet.services import Actor
+        from ota import rollouts, services
+    except ImportError:
+        return None
+    import fleet.mqtt
+    from fleet.celery import app as celery_app
+
+    fleet.mqtt.publish_retained = lambda messages: None  # no broker in the benchmark
+    celery_app.conf.task_always_eager = True  # nor a Celery worker: tasks run in process
+    actor = Actor.system("bench")
+    services.repositories_init(actor=actor, root_keys=1, root_threshold=1)
+    artifact = services.artifact_upload(
+        actor=actor,
+        upload=SimpleUploadedFile("model.onnx", b"bench model " * 1000),
+        name="detector",
+        version="2.0.0",
+        runtime="onnxruntime",
+        hardware_classes=HARDWARE,
+    )
+    gates = {"error_rate": {"threshold": 0.02, "min_samples": 50}}
+    rollout = rollouts.rollout_create(
+        actor=actor,
+        name="bench rollout",
+        artifact=artifact,
+        selector={},
+        stages=[{"share": share, "soak_seconds": 600, "gates": gates} for share in (0.01, 0.1, 0.5, 1.0)],
+    )
+    from django.db import transaction
+
+    with transaction.atomic():
+        rollouts.rollout_start(actor=actor, rollout=rollout)
+    rollouts.rollout_evaluate(rollout=rollout)
+    return rollout.pk
+
+
+def app_pages(rollout_id: int | None) -> dict[str, list[str]]:
+    """Pages of the apps that are installed (each app's console routes exist only when its code does)."""
+    from django.urls import NoReverseMatch, reverse
+
+    out = {}
+    for name, url_name, args in (
+        ("rollouts", "ota:rollouts", []),
+        ("rollout page", "ota:rollout", [rollout_id]),
+        ("releases", "ota:releases", []),
+        ("policies", "policies:list", []),
+        ("telemetry ingest", "telemetry:ingest", []),
+    ):
+        if None in args:
+            continue
+        try:
+            out[name] = [reverse(url_name, args=args)]
+        except NoReverseMatch:
+            pass
+    return out
+
+
 def pages(devices: int, statuses: list[str]) -> dict[str, list[str]]:
     """Each page to time, with the URLs to cycle through (several devices, so caches do not flatter)."""
     mid = device_id(devices // 2)
@@ -252,12 +375,17 @@ def main() -> None:
         print(f"loading {args.devices:,} devices and {args.rows:,} inference rollup rows with COPY ...", flush=True)
         loaded = load(server.url("fleet"), args.devices, args.rows)
         print(f"loaded in {loaded['load_s']:.0f} s ({loaded['rollup_rows']:,} rollup rows)", flush=True)
+        started = time.perf_counter()
+        raw_rows = load_raw_records(server.url("fleet"), args.devices, args.rows)
+        if raw_rows:
+            print(f"loaded {raw_rows:,} raw inference records in {time.perf_counter() - started:.0f} s", flush=True)
+        rollout_id = start_rollout()
 
         user, _token = make_operator(role=Role.OPERATOR, username="bench-operator")
         client = Client()
         client.force_login(user)
         results = {}
-        for name, urls in pages(args.devices, loaded["statuses"]).items():
+        for name, urls in (pages(args.devices, loaded["statuses"]) | app_pages(rollout_id)).items():
             headers = {}
             if urls[0] == "/?htmx":
                 urls, headers = ["/"], {"HTTP_HX_REQUEST": "true"}
@@ -280,6 +408,7 @@ def main() -> None:
                     "bench": "console",
                     "devices": args.devices,
                     "rollup_rows": loaded["rollup_rows"],
+                    "raw_record_rows": raw_rows,
                     "requests_per_page": args.requests,
                     "worst_page": worst[0],
                     "worst_page_p95_ms": round(worst[1]["p95_ms"], 1),

@@ -2,9 +2,9 @@
 
 Each app adds its console pages the same way: views in ``<app>/views.py`` decorated with
 ``viewer_required`` (reads) or ``operator_required`` (writes), rendered with ``render_page`` from a page
-template that includes its fragment template, routes in ``<app>/urls.py`` included by ``fleet/urls.py``,
-and a link in the navigation of ``fleet/templates/fleet/base.html``. Writes call the app's services, the
-same functions the REST API calls.
+template that includes its fragment template, routes in ``<app>/console_urls.py`` included by
+``fleet/urls.py``, and a link in the navigation of ``fleet/templates/fleet/base.html``. Writes call the
+app's services, the same functions the REST API calls.
 """
 
 from collections.abc import Callable

@@ -10,7 +10,8 @@ urlpatterns = [
     path("login/", views.LoginView.as_view(), name="login"),
     path("logout/", views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
-    # Console pages: the shell here, each app's pages from its own urls.py.
+    # Console pages: the shell here, each app's pages from its console_urls.py.
     path("", views.dashboard, name="dashboard"),
-    path("", include("devices.urls")),
+    path("", include("devices.console_urls")),
+    path("", include("policies.console_urls")),
 ]

@@ -294,3 +294,36 @@ def test_device_list_pages_through_a_larger_fleet_with_next_and_previous(page_fo
     )
     page.goto("/devices/cam-001/")
     screenshot(page, "device-fleet")
+
+
+def test_operator_edits_a_policy_sees_a_validation_error_then_saves(page_for, monkeypatch):
+    import json
+
+    from fleet.celery import app as celery_app
+    from policies import services as policy_services
+    from policies.models import Policy
+    from tests.policies.conftest import PRIVACY_FIRST, SYSTEM
+
+    previous = celery_app.conf.task_always_eager
+    celery_app.conf.task_always_eager = True
+    monkeypatch.setattr("fleet.mqtt.publish_retained", lambda messages: None)
+    try:
+        policy_services.policy_create(actor=SYSTEM, scope="fleet", document=PRIVACY_FIRST)
+        page = page_for(Role.OPERATOR)
+        page.click("nav >> text=Policies")
+        page.click('tr[data-policy="fleet"] a')
+        editor = page.locator("textarea[name=document]")
+        broken = dict(PRIVACY_FIRST, data_classes={"public": "allow", "health": "maybe"})
+        editor.fill(json.dumps(broken, indent=2))
+        page.click("button:has-text('Save and publish')")
+        expect(page.locator('[data-error-path="data_classes.health"]')).to_be_visible()
+        assert "maybe" in editor.input_value()  # the operator's text is kept to fix
+        screenshot(page, "policy-error")
+        assert Policy.objects.get().version == 1
+
+        editor.fill(json.dumps(dict(PRIVACY_FIRST, budgets={"day": {"tokens": 250000}}), indent=2))
+        page.click("button:has-text('Save and publish')")
+        expect(page.locator(".message.success")).to_contain_text("Saved the fleet policy")
+        expect(page.locator("h1 .badge")).to_have_text("version 2")
+    finally:
+        celery_app.conf.task_always_eager = previous

@@ -34,7 +34,10 @@
   var CHARTS = {
     latency: { series: [["p50", "#2458d6"], ["p95", "#c0392b"]], unit: " ms" },
     confidence: { series: [["confidence", "#1e8449"]], unit: "" },
-    errors: { series: [["error_rate", "#c0392b"]], unit: " %" }
+    errors: { series: [["error_rate", "#c0392b"]], unit: " %" },
+    resources: { series: [["cpu", "#2458d6"], ["mem", "#8e44ad"], ["disk", "#b9770e"]], unit: " %" },
+    temperature: { series: [["temp", "#c0392b"]], unit: " °C" },
+    buffer: { series: [["buffer_depth", "#2458d6"], ["dropped", "#c0392b"]], unit: "" }
   };
 
   function initCharts(root) {

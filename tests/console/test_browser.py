@@ -132,6 +132,26 @@ def add_inference_history(device_id: str) -> None:
     InferenceRollup.objects.bulk_create(rows)
 
 
+def add_policies(*, group) -> None:
+    """A fleet policy and a group policy that overrides a preference (published in process, no broker)."""
+    from unittest import mock
+
+    from fleet.celery import app as celery_app
+    from policies import services as policy_services
+    from tests.policies.conftest import PRIVACY_FIRST, SYSTEM
+
+    previous = celery_app.conf.task_always_eager
+    celery_app.conf.task_always_eager = True
+    try:
+        with mock.patch("fleet.mqtt.publish_retained", lambda messages: None):
+            policy_services.policy_create(actor=SYSTEM, scope="fleet", document=PRIVACY_FIRST)
+            policy_services.policy_create(
+                actor=SYSTEM, scope="group", group=group, document={"tasks": {"chat": {"prefer": "local"}}}
+            )
+    finally:
+        celery_app.conf.task_always_eager = previous
+
+
 def test_operator_first_day_token_enroll_approve_tag_revoke(page_for, live_server):
     page = page_for(Role.OPERATOR)
     screenshot(page, "dashboard-empty")
@@ -270,6 +290,7 @@ def test_device_list_pages_through_a_larger_fleet_with_next_and_previous(page_fo
         make_device(f"door-{n}", token=make_token(auto_accept=False), hardware_class="rpi5")
     services.device_revoke(actor=system, device=Device.objects.get(pk="cam-061"), reason="retired")
     add_inference_history("cam-001")
+    add_policies(group=sites[1])
 
     page = page_for(Role.OPERATOR)
     expect(page.locator('[data-counter="pending"]')).to_have_text("3")
@@ -292,7 +313,8 @@ def test_device_list_pages_through_a_larger_fleet_with_next_and_previous(page_fo
     expect(page.locator("tr[data-device]")).to_have_count(
         Device.objects.filter(group__name="plant-south", online=True).count()
     )
-    page.goto("/devices/cam-001/")
+    page.goto("/devices/cam-001/?window=1h")
+    expect(page.locator('tr[data-field="tasks.chat.prefer"]')).to_contain_text("group:plant-south")
     screenshot(page, "device-fleet")
 
 

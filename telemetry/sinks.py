@@ -1,0 +1,211 @@
+"""Sinks of the ingest worker, by topic leaf (see telemetry/ingest_contract.py for the contract).
+
+Each sink validates the bodies of one topic's messages, stores the valid ones idempotently and returns a
+Rejection for each invalid one. They run inside the worker's batch transaction and never commit.
+"""
+
+import datetime as dt
+import json
+from collections import defaultdict
+
+from django.db import connection
+
+from devices.models import Device
+from fleet_agent import schemas
+from telemetry.ingest_contract import DeviceMessage, Rejection, Sink, count_rows_written
+from telemetry.models import DevicePresence
+
+
+def insert_ignoring_conflicts(table: str, columns: list[tuple[str, str]], rows: list[tuple]) -> int:
+    """INSERT rows, skipping those whose key exists already (a redelivery); returns the rows inserted.
+
+    ``columns`` are (name, PostgreSQL type). On PostgreSQL the rows go in one statement as column arrays
+    through unnest(): one round trip and one plan for thousands of rows, which is what makes the batch
+    fast; elsewhere (SQLite, the embedded run) one executemany.
+    """
+    if not rows:
+        return 0
+    names = ", ".join(name for name, _type in columns)
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            arrays = [list(column) for column in zip(*rows, strict=True)]
+            unnest = ", ".join(f"%s::{pg_type}[]" for _name, pg_type in columns)
+            cursor.execute(
+                f"INSERT INTO {table} ({names}) SELECT * FROM unnest({unnest}) ON CONFLICT DO NOTHING",  # noqa: S608
+                arrays,
+            )
+            return cursor.rowcount
+        adapt = connection.ops.adapt_datetimefield_value
+        adapted = [tuple(adapt(v) if isinstance(v, dt.datetime) else v for v in row) for row in rows]
+        placeholders = ", ".join("%s" for _ in columns)
+        before = connection.connection.total_changes
+        cursor.executemany(
+            f"INSERT INTO {table} ({names}) VALUES ({placeholders}) ON CONFLICT DO NOTHING",  # noqa: S608
+            adapted,
+        )
+        return connection.connection.total_changes - before
+
+
+def _minute(ts: dt.datetime) -> dt.datetime:
+    return ts.replace(second=0, microsecond=0)
+
+
+INFERENCE_COLUMNS = [
+    ("device_id", "varchar"),
+    ("seq", "bigint"),
+    ("idx", "smallint"),
+    ("ts", "timestamptz"),
+    ("received_at", "timestamptz"),
+    ("task", "varchar"),
+    ("model_name", "varchar"),
+    ("model_version", "varchar"),
+    ("latency_ms", "float8"),
+    ("confidence", "float8"),
+    ("label", "varchar"),
+    ("route", "varchar"),
+    ("cloud_model", "varchar"),
+    ("tokens_in", "integer"),
+    ("tokens_out", "integer"),
+    ("error", "varchar"),
+]
+
+
+def store_inference_records(messages: list[DeviceMessage]) -> list[Rejection]:
+    rejections, rows, dirty = [], [], set()
+    for message in messages:
+        now_ms = int(message.received_at.timestamp() * 1000)
+        try:
+            records = schemas.parse_telemetry(message.body, now=now_ms)
+        except schemas.SchemaError as exc:
+            rejections.append(Rejection(message=message, reason=exc.reason, detail=exc.detail))
+            continue
+        for index, record in enumerate(records):
+            ts = schemas.ms_to_datetime(record.ts_ms)
+            rows.append(
+                (
+                    message.device_id,
+                    message.seq,
+                    index,
+                    ts,
+                    message.received_at,
+                    record.task,
+                    record.model,
+                    record.model_version,
+                    record.latency_ms,
+                    record.confidence,
+                    record.label,
+                    record.route,
+                    record.cloud_model,
+                    record.tokens_in,
+                    record.tokens_out,
+                    record.error,
+                )
+            )
+            dirty.add((message.device_id, _minute(ts)))
+    inserted = insert_ignoring_conflicts("telemetry_inferencerecord", INFERENCE_COLUMNS, rows)
+    count_rows_written("inference_records", inserted)
+    if inserted:
+        # Minutes whose rollup must be recomputed (telemetry/rollups.py); a pure redelivery changes nothing.
+        insert_ignoring_conflicts(
+            "telemetry_rollupdirtyminute", [("device_id", "varchar"), ("minute", "timestamptz")], sorted(dirty)
+        )
+    return rejections
+
+
+HEARTBEAT_COLUMNS = [
+    ("device_id", "varchar"),
+    ("seq", "bigint"),
+    ("ts", "timestamptz"),
+    ("received_at", "timestamptz"),
+    ("cpu_pct", "float8"),
+    ("mem_pct", "float8"),
+    ("disk_pct", "float8"),
+    ("temp_c", "float8"),
+    ("models_running", "jsonb"),
+    ("buffer_depth", "bigint"),
+    ("dropped", "bigint"),
+    ("agent_version", "varchar"),
+]
+
+
+def store_heartbeats(messages: list[DeviceMessage]) -> list[Rejection]:
+    rejections, rows = [], []
+    for message in messages:
+        try:
+            beat = schemas.parse_heartbeat(message.body)
+        except schemas.SchemaError as exc:
+            rejections.append(Rejection(message=message, reason=exc.reason, detail=exc.detail))
+            continue
+        rows.append(
+            (
+                message.device_id,
+                message.seq,
+                message.ts,
+                message.received_at,
+                beat.cpu_pct,
+                beat.mem_pct,
+                beat.disk_pct,
+                beat.temp_c,
+                json.dumps(beat.models),
+                beat.buffer_depth,
+                beat.dropped,
+                beat.agent_version,
+            )
+        )
+    count_rows_written("heartbeats", insert_ignoring_conflicts("telemetry_heartbeat", HEARTBEAT_COLUMNS, rows))
+    return rejections
+
+
+def apply_status(presence: DevicePresence, *, seq: int, online: bool, ts: dt.datetime) -> DevicePresence:
+    """The presence after one status message (the caller saves it; status_seq 0 means none yet).
+
+    Order is the device's seq, not arrival: a newer seq wins. One exception makes the last will work:
+    the agent reserves its will's seq when it connects, just before publishing ``online`` with a higher
+    seq, so the will (``offline``) arrives after that ``online`` with a lower seq. An ``offline`` whose
+    seq lies between the status before the current ``online`` and that ``online`` is this connection's
+    will: it applies, and the current seq stays, so a redelivered copy of the ``online`` stays stale.
+    """
+    if seq > presence.status_seq:
+        presence.before_seq = presence.status_seq
+        presence.status_seq, presence.online, presence.status_ts = seq, online, ts
+    elif not online and presence.online and presence.before_seq < seq < presence.status_seq:
+        presence.online = False
+    return presence
+
+
+def store_status(messages: list[DeviceMessage]) -> list[Rejection]:
+    rejections, by_device = [], defaultdict(list)
+    for message in messages:
+        try:
+            state = schemas.parse_status(message.body)
+        except schemas.SchemaError as exc:
+            rejections.append(Rejection(message=message, reason=exc.reason, detail=exc.detail))
+            continue
+        by_device[message.device_id].append((message.seq, state == "online", message.ts))
+    if not by_device:
+        return rejections
+    # Two workers may hold status messages of the same device (shared subscription): the presence row is
+    # created if missing (a conflict means another worker made it), then read and written under its row
+    # lock, taken in device-id order so that two batches cannot deadlock.
+    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    DevicePresence.objects.bulk_create(
+        [DevicePresence(device_id=d, status_seq=0, online=False, status_ts=epoch) for d in sorted(by_device)],
+        ignore_conflicts=True,
+    )
+    locked = DevicePresence.objects.select_for_update().filter(device_id__in=by_device).order_by("device_id")
+    for presence in locked:
+        for seq, online, ts in sorted(by_device[presence.device_id]):
+            apply_status(presence, seq=seq, online=online, ts=ts)
+        presence.save(update_fields=["status_seq", "before_seq", "online", "status_ts"])
+        Device.objects.filter(pk=presence.device_id).exclude(online=presence.online).update(online=presence.online)
+    return rejections
+
+
+SINKS: dict[str, Sink] = {
+    schemas.LEAF_TELEMETRY: store_inference_records,
+    schemas.LEAF_HEARTBEAT: store_heartbeats,
+    schemas.LEAF_STATUS: store_status,
+    # Added by the lead after merging the OTA and policies branches:
+    # schemas.LEAF_OTA_STATUS: ota.ingest.store_ota_status,
+    # schemas.LEAF_LLM_USAGE: policies.ingest.store_llm_usage,
+}

@@ -65,6 +65,7 @@ class IngestWorker:
         self.generation = 0
         self._generation_lock = threading.Lock()  # on_connect (network thread) vs acks (main thread)
         self.acked_unflushed = 0  # acks sent since the counters were last written
+        self.stored_messages = 0
         self.client = platform_client("platform-ingest", client_id=client_id, clean_start=False)
         self.client.manual_ack_set(True)
         self.client.reconnect_delay_set(min_delay=1, max_delay=10)
@@ -162,6 +163,7 @@ class IngestWorker:
                 batch = self._collect()
                 if batch and self._store(batch):
                     self._ack(batch)
+                    self.stored_messages += len(batch)
         finally:
             self._shutdown()
 
@@ -169,6 +171,7 @@ class IngestWorker:
         # Queued PUBACKs go out before the DISCONNECT (one ordered packet queue).
         self.client.disconnect()
         self.client.loop_stop()
+        log.info("stopped after storing %d messages", self.stored_messages)
         if self.acked_unflushed:
             try:
                 close_old_connections()

@@ -26,15 +26,9 @@ def insert_ignoring_conflicts(table: str, columns: list[tuple[str, str]], rows: 
     if not rows:
         return 0
     names = ", ".join(name for name, _type in columns)
+    if connection.vendor == "postgresql":
+        return _copy_insert_postgresql(table, columns, rows)
     with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            arrays = [list(column) for column in zip(*rows, strict=True)]
-            unnest = ", ".join(f"%s::{pg_type}[]" for _name, pg_type in columns)
-            cursor.execute(
-                f"INSERT INTO {table} ({names}) SELECT * FROM unnest({unnest}) ON CONFLICT DO NOTHING",  # noqa: S608
-                arrays,
-            )
-            return cursor.rowcount
         adapt = connection.ops.adapt_datetimefield_value
         adapted = [tuple(adapt(v) if isinstance(v, dt.datetime) else v for v in row) for row in rows]
         placeholders = ", ".join("%s" for _ in columns)
@@ -44,6 +38,30 @@ def insert_ignoring_conflicts(table: str, columns: list[tuple[str, str]], rows: 
             adapted,
         )
         return connection.connection.total_changes - before
+
+
+def _copy_insert_postgresql(table: str, columns: list[tuple[str, str]], rows: list[tuple]) -> int:
+    """COPY the rows into a per-connection temporary table, then move them with ON CONFLICT DO NOTHING.
+
+    COPY is the fastest way into PostgreSQL but cannot skip existing keys; the second statement can.
+    The temporary table empties itself at commit (ON COMMIT DELETE ROWS) and lives as long as the
+    connection, so it is created once per worker connection.
+    """
+    names = ", ".join(name for name, _type in columns)
+    staging = f"ingest_staging_{table}"
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {staging} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        )
+        with cursor.cursor.copy(f"COPY {staging} ({names}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        cursor.execute(
+            f"INSERT INTO {table} ({names}) SELECT {names} FROM {staging} ON CONFLICT DO NOTHING"  # noqa: S608
+        )
+        inserted = cursor.rowcount
+        cursor.execute(f"TRUNCATE {staging}")
+        return inserted
 
 
 def _minute(ts: dt.datetime) -> dt.datetime:

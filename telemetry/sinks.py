@@ -64,10 +64,6 @@ def _copy_insert_postgresql(table: str, columns: list[tuple[str, str]], rows: li
         return inserted
 
 
-def _minute(ts: dt.datetime) -> dt.datetime:
-    return ts.replace(second=0, microsecond=0)
-
-
 INFERENCE_COLUMNS = [
     ("device_id", "varchar"),
     ("seq", "bigint"),
@@ -119,13 +115,15 @@ def store_inference_records(messages: list[DeviceMessage]) -> list[Rejection]:
                     record.error,
                 )
             )
-            dirty.add((message.device_id, _minute(ts)))
+            dirty.add((message.device_id, record.ts_ms // 60_000))
     inserted = insert_ignoring_conflicts("telemetry_inferencerecord", INFERENCE_COLUMNS, rows)
     count_rows_written("inference_records", inserted)
     if inserted:
         # Minutes whose rollup must be recomputed (telemetry/rollups.py); a pure redelivery changes nothing.
         insert_ignoring_conflicts(
-            "telemetry_rollupdirtyminute", [("device_id", "varchar"), ("minute", "timestamptz")], sorted(dirty)
+            "telemetry_rollupdirtyminute",
+            [("device_id", "varchar"), ("minute", "timestamptz")],
+            [(device_id, schemas.ms_to_datetime(minute * 60_000)) for device_id, minute in sorted(dirty)],
         )
     return rejections
 

@@ -53,7 +53,8 @@ def platform_children(*, host: str, port: int) -> list[Child]:
     return [
         Child("broker", [mosquitto_binary(), "-c", str(config)]),
         Child("web", manage("runserver", f"{host}:{port}", "--noreload")),
-        Child("ingest", manage("ingest", "--client-id", "ingest-embedded")),
+        # One worker: an exclusive subscription, which (unlike a shared one) survives a broker restart.
+        Child("ingest", manage("ingest", "--client-id", "ingest-embedded", "--exclusive")),
         Child("celery", celery),
     ]
 

@@ -42,8 +42,16 @@ log = logging.getLogger("telemetry.ingest")
 SHARE_GROUP = "ingest"
 
 
-def subscriptions() -> list[str]:
-    return [f"$share/{SHARE_GROUP}/devices/+/{leaf}" for leaf in schemas.DEVICE_TO_PLATFORM_LEAVES]
+def subscriptions(*, shared: bool = True) -> list[str]:
+    """Shared (`$share/ingest/...`): workers split the load. Exclusive: one worker takes everything.
+
+    Mosquitto 2.0 restores a persistent session's ordinary subscriptions after a broker restart but not
+    its shared ones (tested: tests/telemetry/test_ingest_faults.py), so messages published after a broker
+    restart and before a worker resubscribes reach nobody in shared mode. A single worker (the embedded
+    run) therefore subscribes exclusively; see docs/operations.md.
+    """
+    prefix = f"$share/{SHARE_GROUP}/" if shared else ""
+    return [f"{prefix}devices/+/{leaf}" for leaf in schemas.DEVICE_TO_PLATFORM_LEAVES]
 
 
 @dataclass(frozen=True)
@@ -55,8 +63,9 @@ class Delivery:
 
 
 class IngestWorker:
-    def __init__(self, *, client_id: str, batch_rows: int, batch_messages: int, batch_ms: int, stdout=None):
+    def __init__(self, *, client_id: str, batch_rows: int, batch_messages: int, batch_ms: int, shared: bool = True):
         self.client_id = client_id
+        self.subscriptions = subscriptions(shared=shared)
         self.batch_rows = batch_rows
         self.batch_messages = batch_messages
         self.batch_s = batch_ms / 1000
@@ -82,7 +91,7 @@ class IngestWorker:
         with self._generation_lock:
             self.generation += 1
         # The session is persistent, but subscribing again is harmless and covers a broker that lost it.
-        client.subscribe([(topic, 1) for topic in subscriptions()])
+        client.subscribe([(topic, 1) for topic in self.subscriptions])
         log.info("connected as %s (session present: %s)", self.client_id, flags.session_present)
 
     def _on_disconnect(self, client, userdata, flags, reason, properties):
@@ -207,14 +216,24 @@ class Command(BaseCommand):
             help="Stable MQTT client id of this worker (default: ingest-HOSTNAME); the broker keeps its "
             "unacknowledged backlog under this id across restarts. Give each worker its own.",
         )
+        parser.add_argument(
+            "--exclusive",
+            action="store_true",
+            help="Subscribe without $share (for a single worker): survives a broker restart while the worker "
+            "is away, which Mosquitto 2.0 shared subscriptions do not. Never run two exclusive workers.",
+        )
         parser.add_argument("--batch-rows", type=int, default=5000)
         parser.add_argument("--batch-messages", type=int, default=1000)
         parser.add_argument("--batch-ms", type=int, default=200)
 
-    def handle(self, *args, client_id, batch_rows, batch_messages, batch_ms, **options):
+    def handle(self, *args, client_id, exclusive, batch_rows, batch_messages, batch_ms, **options):
         client_id = client_id or os.environ.get("INGEST_CLIENT_ID") or f"ingest-{socket.gethostname()}"
         worker = IngestWorker(
-            client_id=client_id, batch_rows=batch_rows, batch_messages=batch_messages, batch_ms=batch_ms
+            client_id=client_id,
+            batch_rows=batch_rows,
+            batch_messages=batch_messages,
+            batch_ms=batch_ms,
+            shared=not exclusive,
         )
 
         def on_signal(signum, frame):
@@ -223,5 +242,5 @@ class Command(BaseCommand):
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
-        log.info("ingest worker %s subscribing to %s", client_id, ", ".join(subscriptions()))
+        log.info("ingest worker %s subscribing to %s", client_id, ", ".join(worker.subscriptions))
         worker.run()

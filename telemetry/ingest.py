@@ -13,7 +13,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from django.db import InterfaceError, OperationalError, transaction
-from django.utils import timezone
 
 from fleet_agent import schemas
 from fleet_agent.protocol import is_valid_device_id
@@ -141,17 +140,25 @@ def ingest_batch(
 
 
 def _run_sink(sink: Sink, leaf: str, messages: list[DeviceMessage]) -> list[Rejection]:
+    """Run a sink in a savepoint. If it fails on something other than the connection, run it again one
+    message at a time, so that only the messages it cannot take become dead letters (``sink_error``)."""
     try:
         with transaction.atomic():  # a savepoint: a failing sink leaves the rest of the batch intact
             return sink(messages)
     except TRANSIENT_DB_ERRORS:
         raise
-    except Exception as exc:
-        log.exception("the %s sink failed on a batch of %d messages; they go to dead letters", leaf, len(messages))
+    except Exception:
+        log.exception("the %s sink failed on a batch of %d messages; retrying them one by one", leaf, len(messages))
         take_rows_written()
-        detail = f"{type(exc).__name__}: {exc}"[:500]
-        return [Rejection(message=m, reason="sink_error", detail=detail) for m in messages]
-
-
-def now() -> dt.datetime:
-    return timezone.now()
+    rejections = []
+    for message in messages:
+        try:
+            with transaction.atomic():
+                rejections += sink([message])
+        except TRANSIENT_DB_ERRORS:
+            raise
+        except Exception as exc:
+            take_rows_written()
+            detail = f"{type(exc).__name__}: {exc}"[:500]
+            rejections.append(Rejection(message=message, reason="sink_error", detail=detail))
+    return rejections

@@ -120,6 +120,8 @@ def _str_field(body: dict, key: str, *, max_len: int, nullable: bool = False, wh
         raise SchemaError("field_type", f"{where}{key} must be a string")
     if not value or len(value) > max_len:
         raise SchemaError("field_value", f"{where}{key} must have 1..{max_len} characters")
+    if "\x00" in value:
+        raise SchemaError("field_value", f"{where}{key} must not contain NUL characters")
     return value
 
 
@@ -202,7 +204,7 @@ def parse_record(record, *, index: int, now: int) -> InferenceRecord:
 def _str_ok(value, max_len: int, nullable: bool) -> bool:
     if value is None:
         return nullable
-    return type(value) is str and 0 < len(value) <= max_len
+    return type(value) is str and 0 < len(value) <= max_len and "\x00" not in value
 
 
 def _fast_record(record, now: int) -> InferenceRecord | None:
@@ -287,8 +289,8 @@ def parse_heartbeat(body: dict) -> Heartbeat:
             raise SchemaError("field_type", f"models[{i}] must be an object")
         _str_field(model, "name", max_len=MAX_NAME_LEN, where=f"models[{i}].")
         _str_field(model, "version", max_len=MAX_VERSION_LEN, where=f"models[{i}].")
-        if "slot" in model and model["slot"] is not None and not isinstance(model["slot"], str):
-            raise SchemaError("field_type", f"models[{i}].slot must be a string")
+        if model.get("slot") is not None:
+            _str_field(model, "slot", max_len=MAX_VERSION_LEN, where=f"models[{i}].")
     return Heartbeat(
         cpu_pct=_number_field(body, "cpu_pct", minimum=0, maximum=100 * 1024),
         mem_pct=_number_field(body, "mem_pct", minimum=0, maximum=100),

@@ -142,6 +142,31 @@ def test_sink_that_crashes_dead_letters_its_messages_and_the_rest_is_stored():
     assert InferenceRecord.objects.count() == 1
 
 
+def test_a_message_the_sink_cannot_take_does_not_take_its_batch_mates_down():
+    calls = []
+
+    def picky(messages):
+        calls.append(len(messages))
+        if any(m.seq == 2 for m in messages):
+            raise ValueError("cannot store seq 2")
+        return []
+
+    from telemetry.sinks import SINKS
+
+    batch = [msg("cam-1", "ota/status", schemas.envelope(seq=seq)) for seq in (1, 2, 3)]
+    result = ingest_batch(batch, sinks={**SINKS, "ota/status": picky})
+    assert result.dead_letters == {"sink_error": 1} and result.accepted == 2
+    assert DeadLetter.objects.get().detail == "ValueError: cannot store seq 2"
+    assert calls == [3, 1, 1, 1]
+
+
+def test_nul_character_in_a_string_is_rejected_not_a_database_error():
+    body = schemas.telemetry_message(seq=3, records=[record(label="per\x00son")])
+    result = ingest_batch([msg("cam-1", "telemetry", body), telemetry("cam-1", 4)])
+    assert result.dead_letters == {"field_value": 1}
+    assert InferenceRecord.objects.count() == 1
+
+
 def test_heartbeat_is_stored_once():
     beat = heartbeat("cam-1", 4)
     ingest_batch([beat, beat])

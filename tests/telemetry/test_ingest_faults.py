@@ -174,6 +174,24 @@ def test_postgresql_unavailable_for_seconds_then_everything_is_stored_once(worke
     wait_stored({device_id: 300})
 
 
+def test_sigterm_while_the_database_is_away_acknowledges_nothing(workers, devices, postgres_server):
+    client_id = new_client_id()
+    worker = workers(client_id)
+    (device_id, client), *_ = devices
+    connection.close()
+    postgres_server.stop()
+    try:
+        publish_all(client, device_id, [telemetry_payload(seq) for seq in range(1, 151)])
+        wait_for(lambda: "database unavailable" in worker.log(), what="the worker to retry")
+        assert worker.terminate(timeout=20) == 0  # stops promptly, without storing or acknowledging
+    finally:
+        postgres_server.start()
+    connection.close()
+    assert stored([device_id]) == 0
+    workers(client_id)  # the broker redelivers the whole unacknowledged batch to the same session
+    wait_stored({device_id: 150})
+
+
 def test_two_workers_share_the_subscription_and_store_each_record_once(workers, devices):
     first, second = workers(), workers()
     expected = {}

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
 from django.core.management.base import BaseCommand
-from django.db import close_old_connections
+from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 
 from fleet.mqtt import MqttUnavailable, connect, platform_client
@@ -139,9 +139,6 @@ class IngestWorker:
                 result = ingest_batch(
                     [d.message for d in batch], extra_counters={"messages_acked": self.acked_unflushed}
                 )
-                self.acked_unflushed = 0
-                services.devices_mark_seen(device_ids=result.devices_seen, at=timezone.now())
-                return True
             except TRANSIENT_DB_ERRORS as exc:
                 log.warning("database unavailable (%s); retrying the batch of %d in %.1fs", exc, len(batch), delay)
                 close_old_connections()
@@ -149,6 +146,14 @@ class IngestWorker:
                 if self.stop.wait(delay):
                     return False
                 delay = min(delay * 2, 5.0)
+                continue
+            self.acked_unflushed = 0
+            try:
+                services.devices_mark_seen(device_ids=result.devices_seen, at=timezone.now())
+            except TRANSIENT_DB_ERRORS:
+                # Presence is best effort; the batch itself is committed and gets acknowledged.
+                log.warning("could not update last_seen_at for %d devices", len(result.devices_seen))
+            return True
 
     def _ack(self, batch: list[Delivery]) -> None:
         with self._generation_lock:
@@ -184,8 +189,6 @@ class IngestWorker:
         if self.acked_unflushed:
             try:
                 close_old_connections()
-                from django.db import transaction
-
                 with transaction.atomic():
                     services.counters_add({"messages_acked": self.acked_unflushed})
             except TRANSIENT_DB_ERRORS:
@@ -198,8 +201,6 @@ def _rows_of(delivery: Delivery) -> int:
 
 
 def _drop_connection() -> None:
-    from django.db import connection
-
     try:
         connection.close()
     except TRANSIENT_DB_ERRORS:

@@ -16,16 +16,15 @@ from telemetry.ingest_contract import DeviceMessage, Rejection, Sink, count_rows
 from telemetry.models import DevicePresence
 
 
-def insert_ignoring_conflicts(table: str, columns: list[tuple[str, str]], rows: list[tuple]) -> int:
+def insert_ignoring_conflicts(table: str, columns: list[str], rows: list[tuple]) -> int:
     """INSERT rows, skipping those whose key exists already (a redelivery); returns the rows inserted.
 
-    ``columns`` are (name, PostgreSQL type). On PostgreSQL the rows go in one statement as column arrays
-    through unnest(): one round trip and one plan for thousands of rows, which is what makes the batch
-    fast; elsewhere (SQLite, the embedded run) one executemany.
+    PostgreSQL: COPY into a staging table, then one INSERT ... SELECT (see below). Elsewhere (SQLite,
+    the embedded run): one executemany.
     """
     if not rows:
         return 0
-    names = ", ".join(name for name, _type in columns)
+    names = ", ".join(columns)
     if connection.vendor == "postgresql":
         return _copy_insert_postgresql(table, columns, rows)
     with connection.cursor() as cursor:
@@ -40,14 +39,14 @@ def insert_ignoring_conflicts(table: str, columns: list[tuple[str, str]], rows: 
         return connection.connection.total_changes - before
 
 
-def _copy_insert_postgresql(table: str, columns: list[tuple[str, str]], rows: list[tuple]) -> int:
+def _copy_insert_postgresql(table: str, columns: list[str], rows: list[tuple]) -> int:
     """COPY the rows into a per-connection temporary table, then move them with ON CONFLICT DO NOTHING.
 
     COPY is the fastest way into PostgreSQL but cannot skip existing keys; the second statement can.
     The temporary table empties itself at commit (ON COMMIT DELETE ROWS) and lives as long as the
     connection, so it is created once per worker connection.
     """
-    names = ", ".join(name for name, _type in columns)
+    names = ", ".join(columns)
     staging = f"ingest_staging_{table}"
     with connection.cursor() as cursor:
         cursor.execute(
@@ -65,22 +64,22 @@ def _copy_insert_postgresql(table: str, columns: list[tuple[str, str]], rows: li
 
 
 INFERENCE_COLUMNS = [
-    ("device_id", "varchar"),
-    ("seq", "bigint"),
-    ("idx", "smallint"),
-    ("ts", "timestamptz"),
-    ("received_at", "timestamptz"),
-    ("task", "varchar"),
-    ("model_name", "varchar"),
-    ("model_version", "varchar"),
-    ("latency_ms", "float8"),
-    ("confidence", "float8"),
-    ("label", "varchar"),
-    ("route", "varchar"),
-    ("cloud_model", "varchar"),
-    ("tokens_in", "integer"),
-    ("tokens_out", "integer"),
-    ("error", "varchar"),
+    "device_id",
+    "seq",
+    "idx",
+    "ts",
+    "received_at",
+    "task",
+    "model_name",
+    "model_version",
+    "latency_ms",
+    "confidence",
+    "label",
+    "route",
+    "cloud_model",
+    "tokens_in",
+    "tokens_out",
+    "error",
 ]
 
 
@@ -122,25 +121,25 @@ def store_inference_records(messages: list[DeviceMessage]) -> list[Rejection]:
         # Minutes whose rollup must be recomputed (telemetry/rollups.py); a pure redelivery changes nothing.
         insert_ignoring_conflicts(
             "telemetry_rollupdirtyminute",
-            [("device_id", "varchar"), ("minute", "timestamptz")],
+            ["device_id", "minute"],
             [(device_id, schemas.ms_to_datetime(minute * 60_000)) for device_id, minute in sorted(dirty)],
         )
     return rejections
 
 
 HEARTBEAT_COLUMNS = [
-    ("device_id", "varchar"),
-    ("seq", "bigint"),
-    ("ts", "timestamptz"),
-    ("received_at", "timestamptz"),
-    ("cpu_pct", "float8"),
-    ("mem_pct", "float8"),
-    ("disk_pct", "float8"),
-    ("temp_c", "float8"),
-    ("models_running", "jsonb"),
-    ("buffer_depth", "bigint"),
-    ("dropped", "bigint"),
-    ("agent_version", "varchar"),
+    "device_id",
+    "seq",
+    "ts",
+    "received_at",
+    "cpu_pct",
+    "mem_pct",
+    "disk_pct",
+    "temp_c",
+    "models_running",
+    "buffer_depth",
+    "dropped",
+    "agent_version",
 ]
 
 

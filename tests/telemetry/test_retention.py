@@ -48,3 +48,14 @@ def test_retention_drops_old_partitions_and_deletes_old_rows(settings):
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM telemetry_inferencerecord_default")
         assert cursor.fetchone()[0] == 0
+
+
+def test_partition_creation_skips_a_day_whose_rows_sit_in_default_without_failing():
+    far = timezone.now().date() + dt.timedelta(days=20)
+    ts = dt.datetime.combine(far, dt.time(8), tzinfo=dt.UTC)
+    common = {"received_at": timezone.now(), "task": "t", "model_name": "m", "model_version": "1", "route": "local"}
+    InferenceRecord.objects.create(device_id="cam-late", seq=1, idx=0, ts=ts, latency_ms=1, **common)
+    created = partitions.ensure_partitions(today=far, days_ahead=1)
+    assert partitions.partition_name("telemetry_inferencerecord", far) not in created  # its row is in DEFAULT
+    assert partitions.partition_name("telemetry_inferencerecord", far + dt.timedelta(days=1)) in created
+    assert InferenceRecord.objects.filter(device_id="cam-late").count() == 1

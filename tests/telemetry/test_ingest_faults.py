@@ -91,15 +91,15 @@ def test_worker_stores_telemetry_heartbeat_and_presence(workers, devices):
 
 def test_kill_9_mid_batch_then_restart_stores_everything_once(workers, devices):
     client_id = new_client_id()
-    # Long batches so that the kill lands while a batch is being collected or written.
-    worker = workers(client_id, "--batch-ms", "1500", "--batch-messages", "400")
+    workers(client_id).terminate()  # the session exists: the backlog below is queued for it
     expected = {}
     for device_id, client in devices:
-        publish_all(client, device_id, [telemetry_payload(seq) for seq in range(1, 601)])
-        expected[device_id] = 600
-    wait_for(lambda: stored(list(expected)) > 0, what="a first batch")
+        publish_all(client, device_id, [telemetry_payload(seq) for seq in range(1, 2001)])
+        expected[device_id] = 2000
+    worker = workers(client_id, "--batch-messages", "400")
+    wait_for(lambda: stored(list(expected)) > 0, interval=0.02, what="a first batch")
     worker.kill()
-    assert stored(list(expected)) < 1800, "the kill came too late to be mid-stream"
+    assert stored(list(expected)) < 6000, "the kill came too late to be mid-stream"
     workers(client_id)  # same client id: the broker hands back the unacknowledged backlog
     wait_stored(expected)
 

@@ -43,8 +43,14 @@ def counters_snapshot() -> dict[str, float]:
 # --- presence --------------------------------------------------------------------------------------
 
 
+# last_seen_at is written at most this often per device: with thousands of devices reporting every few
+# seconds, rewriting every device row on every batch would bloat the devices table for no reader's gain.
+LAST_SEEN_RESOLUTION = dt.timedelta(seconds=10)
+
+
 def devices_mark_seen(*, device_ids: set[str], at: dt.datetime) -> int:
-    """Move last_seen_at forward (never back) for devices the worker just heard from; returns rows changed.
+    """Move last_seen_at forward (never back, and only by LAST_SEEN_RESOLUTION or more) for devices the
+    worker just heard from; returns rows changed.
 
     Runs after the batch commit in its own short transaction: presence is not part of the exactly-once
     promise. Two workers may touch the same device: rows are locked in id order and locked rows skipped
@@ -60,12 +66,12 @@ def devices_mark_seen(*, device_ids: set[str], at: dt.datetime) -> int:
                     "UPDATE devices_device SET last_seen_at = %s WHERE id IN ("
                     " SELECT id FROM devices_device WHERE id = ANY(%s)"
                     " AND (last_seen_at IS NULL OR last_seen_at < %s) ORDER BY id FOR UPDATE SKIP LOCKED)",
-                    [at, ids, at],
+                    [at, ids, at - LAST_SEEN_RESOLUTION],
                 )
                 return cursor.rowcount
         return (
             Device.objects.filter(pk__in=ids)
-            .filter(Q(last_seen_at__isnull=True) | Q(last_seen_at__lt=at))
+            .filter(Q(last_seen_at__isnull=True) | Q(last_seen_at__lt=at - LAST_SEEN_RESOLUTION))
             .update(last_seen_at=at)
         )
 

@@ -204,6 +204,9 @@ def test_last_seen_only_moves_forward():
     services.devices_mark_seen(device_ids={"cam-seen"}, at=later)
     services.devices_mark_seen(device_ids={"cam-seen"}, at=later - dt.timedelta(minutes=1))
     assert Device.objects.get(pk="cam-seen").last_seen_at == later
+    much_later = later + dt.timedelta(minutes=1)
+    services.devices_mark_seen(device_ids={"cam-seen"}, at=much_later)
+    assert Device.objects.get(pk="cam-seen").last_seen_at == much_later
 
 
 def test_stored_records_mark_their_minute_for_the_rollup():

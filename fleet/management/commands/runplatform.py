@@ -45,7 +45,7 @@ def platform_children(*, host: str, port: int) -> list[Child]:
         bind_address=device_host,
     )
     # The embedded Celery transport keeps its queue in files (fleet/settings.py); beat runs in the worker.
-    for folder in ("data_folder_in", "data_folder_out", "processed_folder"):
+    for folder in ("data_folder_in", "data_folder_out", "processed_folder", "control_folder"):
         if folder in getattr(settings, "CELERY_BROKER_TRANSPORT_OPTIONS", {}):
             Path(settings.CELERY_BROKER_TRANSPORT_OPTIONS[folder]).mkdir(parents=True, exist_ok=True)
     celery = [sys.executable, "-m", "celery", "-A", "fleet", "worker", "--beat", "--concurrency", "1"]

@@ -128,6 +128,16 @@ def test_topic_without_sink_is_dead_lettered_as_unsupported():
     assert result.dead_letters == {"unsupported_topic": 1}
 
 
+def test_llm_usage_goes_to_the_policies_sink():
+    from policies.models import LlmUsage
+
+    make_device("cam-llm")
+    body = schemas.envelope(seq=4, task="summarize", data_class="personal", route="local", reason="egress_never")
+    result = ingest_batch([msg("cam-llm", "llm/usage", body)])
+    assert result.accepted == 1 and not result.dead_letters
+    assert LlmUsage.objects.filter(device_id="cam-llm", seq=4).count() == 1
+
+
 def test_sink_that_crashes_dead_letters_its_messages_and_the_rest_is_stored():
     def broken(messages):
         raise KeyError("bug")

@@ -38,6 +38,7 @@ from fleet.models import AuditEvent
 from policies.views import device_policy
 from telemetry import histogram
 from telemetry.models import InferenceRollup
+from telemetry.views import heartbeat_series
 
 PAGE_SIZE = 50
 DEVICE_POLL_SECONDS = 15
@@ -264,6 +265,13 @@ def inference_series(*, device_id: str, window: str, now: dt.datetime | None = N
     return {"series": series, "summary": summary}
 
 
+def _heartbeats(device_id: str, window: str, now: dt.datetime) -> dict:
+    span, step = CHART_WINDOWS[window]
+    step_s = int(step.total_seconds())
+    end = dt.datetime.fromtimestamp(int(now.timestamp()) // step_s * step_s + step_s, dt.UTC)
+    return heartbeat_series(device_id=device_id, start=end - span, end=end, step=step)
+
+
 def _round(value: float | None, digits: int = 1) -> float | None:
     return None if value is None else round(value, digits)
 
@@ -304,6 +312,7 @@ def device_detail(request, device_id: str):
             "window": window,
             "windows": list(CHART_WINDOWS),
             "inference": inference_series(device_id=device.id, window=window, now=now),
+            "heartbeats": _heartbeats(device.id, window, now),
             **device_policy(request, device),
         }
     return render_page(request, "devices/device_detail.html", "devices/_device_presence.html", context)

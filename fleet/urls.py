@@ -16,4 +16,5 @@ urlpatterns = [
     path("", views.dashboard, name="dashboard"),
     path("", include("devices.console_urls")),
     path("", include("policies.console_urls")),
+    path("", include("telemetry.console_urls")),
 ]

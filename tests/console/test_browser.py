@@ -132,6 +132,37 @@ def add_inference_history(device_id: str) -> None:
     InferenceRollup.objects.bulk_create(rows)
 
 
+def add_heartbeats_and_dead_letters(device_id: str) -> None:
+    """Heartbeats of the last hour and a few malformed messages, through the ingest worker's batch step."""
+    import json
+
+    from fleet_agent import schemas
+    from telemetry.ingest import InboundMessage, ingest_batch
+
+    now = timezone.now()
+    beats = []
+    for n in range(1, 61):
+        body = schemas.heartbeat_message(
+            seq=n,
+            cpu_pct=35 + (n * 7) % 30,
+            mem_pct=55 + (n % 10),
+            disk_pct=62.0,
+            temp_c=48 + (n % 12) / 2,
+            models=[{"name": "detector", "version": "1.4.0", "slot": "a"}],
+            buffer_depth=(n * 13) % 40,
+            dropped=0 if n < 50 else 2,
+            agent_version="0.1.0",
+            ts_ms=int((now - dt.timedelta(minutes=61 - n)).timestamp() * 1000),
+        )
+        beats.append(InboundMessage(f"devices/{device_id}/heartbeat", json.dumps(body).encode(), now))
+    bad = [
+        InboundMessage(f"devices/{device_id}/telemetry", b"{truncated", now),
+        InboundMessage(f"devices/{device_id}/telemetry", b'{"v": 99, "seq": 1, "ts": 0}', now),
+        InboundMessage("devices/not a device/telemetry", b"{}", now),
+    ]
+    ingest_batch(beats + bad)
+
+
 def add_policies(*, group) -> None:
     """A fleet policy and a group policy that overrides a preference (published in process, no broker)."""
     from unittest import mock
@@ -203,10 +234,11 @@ def test_operator_first_day_token_enroll_approve_tag_revoke(page_for, live_serve
 
     # The device page: identity, certificate, charts drawn from the inference rollups.
     add_inference_history("cam-line3-01")
+    add_heartbeats_and_dead_letters("cam-line3-01")
     page.goto("/devices/cam-line3-01/?window=1h")
     expect(page.locator("#device-presence")).to_contain_text("expires")
-    expect(page.locator(".chart .uplot")).to_have_count(3)
-    expect(page.locator(".summary")).to_contain_text("detector@1.4.0")
+    expect(page.locator(".chart .uplot")).to_have_count(6)  # inference and heartbeat charts
+    expect(page.locator(".summary >> nth=0")).to_contain_text("detector@1.4.0")
     screenshot(page, "device")
 
     # Revoke, through the confirmation step.
@@ -290,6 +322,7 @@ def test_device_list_pages_through_a_larger_fleet_with_next_and_previous(page_fo
         make_device(f"door-{n}", token=make_token(auto_accept=False), hardware_class="rpi5")
     services.device_revoke(actor=system, device=Device.objects.get(pk="cam-061"), reason="retired")
     add_inference_history("cam-001")
+    add_heartbeats_and_dead_letters("cam-001")
     add_policies(group=sites[1])
 
     page = page_for(Role.OPERATOR)
@@ -314,8 +347,17 @@ def test_device_list_pages_through_a_larger_fleet_with_next_and_previous(page_fo
         Device.objects.filter(group__name="plant-south", online=True).count()
     )
     page.goto("/devices/cam-001/?window=1h")
+    expect(page.locator(".chart .uplot")).to_have_count(6)
     expect(page.locator('tr[data-field="tasks.chat.prefer"]')).to_contain_text("group:plant-south")
     screenshot(page, "device-fleet")
+
+    page.click("nav >> text=Telemetry")
+    expect(page.locator("tr[data-letter]")).to_have_count(3)
+    page.select_option("select[name=reason]", "invalid_topic")
+    expect(page.locator("tr[data-letter]")).to_have_count(1)
+    page.select_option("select[name=reason]", "")
+    expect(page.locator("tr[data-letter]")).to_have_count(3)
+    screenshot(page, "telemetry")
 
 
 def test_operator_edits_a_policy_sees_a_validation_error_then_saves(page_for, monkeypatch):

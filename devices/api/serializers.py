@@ -134,6 +134,13 @@ class EnrollInputSerializer(serializers.Serializer):
     agent_version = serializers.CharField(max_length=32, required=False, allow_blank=True, default="")
 
 
+class UpdateTrustSerializer(serializers.Serializer):
+    image_root = serializers.CharField(help_text="The image repository's root metadata (JSON text, as signed).")
+    director_root = serializers.CharField(help_text="The director's root metadata (JSON text, as signed).")
+    image_url = serializers.CharField()
+    director_url = serializers.CharField()
+
+
 class EnrollOutputSerializer(serializers.Serializer):
     device_id = serializers.CharField()
     status = serializers.CharField()
@@ -142,6 +149,7 @@ class EnrollOutputSerializer(serializers.Serializer):
     ca_chain = serializers.CharField()
     mqtt_url = serializers.CharField()
     api_url = serializers.CharField()
+    update_trust = UpdateTrustSerializer()
 
 
 class CertificateRenewInputSerializer(serializers.Serializer):

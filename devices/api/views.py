@@ -16,6 +16,7 @@ from devices.models import DeviceCertificate, DeviceGroup, DeviceStatus, Enrollm
 from devices.permissions import IsDevice
 from fleet.api.pagination import IdCursorPagination
 from fleet.services import Actor
+from ota.selectors import update_trust_bootstrap
 
 
 def _actor(request) -> Actor:
@@ -164,7 +165,12 @@ class EnrollView(APIView):
             status_value=result.device.status,
             certificate=result.certificate_pem,
             ca_chain=result.ca_chain_pem,
-        ) | {"device_token": result.device_token, "api_url": settings.PUBLIC_URL}
+        ) | {
+            "device_token": result.device_token,
+            "api_url": settings.PUBLIC_URL,
+            # The two trusted update roots and repository URLs (docs/updates.md, "Device update flow").
+            "update_trust": update_trust_bootstrap(),
+        }
         return Response(body, status=status.HTTP_201_CREATED)
 
 

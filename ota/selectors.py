@@ -1,0 +1,154 @@
+"""Reads shared by the API, the enrollment response, the gates and the repository views."""
+
+import datetime as dt
+
+from django.conf import settings
+from django.db import connection
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet
+
+from devices.models import Device, DeviceStatus
+from ota import repository
+from ota.cohorts import BUCKETS
+from ota.gates import Metrics
+from ota.models import FAILED_STATES, Artifact, Repository, Rollout, RolloutDevice, UpdateState
+from telemetry import histogram
+
+
+def repository_urls() -> dict[str, str]:
+    base = settings.PUBLIC_URL
+    return {"image_url": f"{base}/ota/image/", "director_url": f"{base}/ota/director/"}
+
+
+def update_trust_bootstrap() -> dict:
+    """What a device needs to verify updates, returned at enrollment: both trusted roots (the exact
+    signed JSON text, version 1 or newer; the agent chains to the newest itself) and both URLs."""
+    from ota.services import repositories_ensure
+
+    repositories_ensure()
+    image = repository.current(Repository.IMAGE, "root")
+    director = repository.current(Repository.DIRECTOR, "root")
+    return {
+        "image_root": bytes(image.content).decode("utf-8"),
+        "director_root": bytes(director.content).decode("utf-8"),
+        **repository_urls(),
+    }
+
+
+def rollout_list() -> QuerySet[Rollout]:
+    return Rollout.objects.select_related("artifact", "created_by")
+
+
+def artifact_list() -> QuerySet[Artifact]:
+    return Artifact.objects.select_related("uploaded_by")
+
+
+def targeted_devices(*, selector: dict, artifact: Artifact) -> QuerySet[Device]:
+    """Active devices matching a rollout selector, narrowed to the artifact's compatible hardware
+    (devices on other hardware are never targeted, whatever the selector says)."""
+    devices = Device.objects.filter(status=DeviceStatus.ACTIVE)
+    hardware = set(artifact.hardware_classes)
+    if selector.get("hardware_classes"):
+        hardware = hardware & set(selector["hardware_classes"]) if hardware else set(selector["hardware_classes"])
+        devices = devices.filter(hardware_class__in=sorted(hardware))
+    elif hardware:
+        devices = devices.filter(hardware_class__in=sorted(hardware))
+    if selector.get("groups"):
+        devices = devices.filter(group__name__in=selector["groups"])
+    if selector.get("tags"):
+        tagged = Device.tags.through.objects.filter(device_id=OuterRef("pk"), tag__name__in=selector["tags"])
+        devices = devices.filter(Exists(tagged))
+    return devices
+
+
+def rollout_state_counts(rollout: Rollout) -> dict[str, dict[str, int]]:
+    """Per stage, how many devices are in each update state."""
+    out: dict[str, dict[str, int]] = {}
+    rows = RolloutDevice.objects.filter(rollout=rollout).values("stage", "state").annotate(n=Count("id"))
+    for row in rows:
+        key = "untargeted" if row["stage"] is None else str(row["stage"])
+        out.setdefault(key, {})[row["state"]] = row["n"]
+    return out
+
+
+def _control_floor(rollout: Rollout) -> int:
+    """Control devices are those not yet assigned whose bucket is at the top of the hash range, as many
+    buckets as the cohort has (at least 1%): a sample the size of the cohort, not the whole fleet."""
+    share = rollout.stages[rollout.current_stage]["share"] if rollout.current_stage >= 0 else 0.0
+    width = max(round(share * BUCKETS), BUCKETS // 100)
+    return max(BUCKETS - width, round(share * BUCKETS))
+
+
+_INFERENCE_SQL = """
+SELECT CASE WHEN rd.stage <= %(cur)s THEN 'cohort' ELSE 'control' END AS side,
+       coalesce(sum(r.count), 0), coalesce(sum(r.error_count), 0), coalesce(sum(r.cloud_count), 0),
+       coalesce(sum(r.confidence_sum), 0), coalesce(sum(r.confidence_count), 0)
+FROM ota_rolloutdevice rd
+JOIN telemetry_inferencerollup r ON r.device_id = rd.device_id
+WHERE rd.rollout_id = %(rid)s AND r.model_name = %(name)s AND r.bucket >= %(start)s AND r.bucket < %(end)s
+  AND ((rd.stage <= %(cur)s AND r.model_version = %(ver)s)
+       OR ((rd.stage IS NULL OR rd.stage > %(cur)s) AND rd.bucket >= %(floor)s AND r.model_version <> %(ver)s))
+GROUP BY 1
+"""
+
+_HISTOGRAM_SQL = """
+SELECT CASE WHEN rd.stage <= %(cur)s THEN 'cohort' ELSE 'control' END AS side, h.key, sum(h.value::bigint)
+FROM ota_rolloutdevice rd
+JOIN telemetry_inferencerollup r ON r.device_id = rd.device_id
+CROSS JOIN LATERAL jsonb_each_text(r.latency_hist) AS h(key, value)
+WHERE rd.rollout_id = %(rid)s AND r.model_name = %(name)s AND r.bucket >= %(start)s AND r.bucket < %(end)s
+  AND ((rd.stage <= %(cur)s AND r.model_version = %(ver)s)
+       OR ((rd.stage IS NULL OR rd.stage > %(cur)s) AND rd.bucket >= %(floor)s AND r.model_version <> %(ver)s))
+GROUP BY 1, 2
+"""
+
+
+def cohort_metrics(*, rollout: Rollout, now: dt.datetime) -> tuple[Metrics, Metrics]:
+    """(cohort, control) metrics over the gate window of the current stage.
+
+    Cohort: devices of the stages reached so far, rollups on the new version. Control: a same-sized
+    sample of the devices not reached yet, rollups on any other version of the model. PostgreSQL merges
+    the latency histograms (sum per bucket) so only one row per bucket comes back.
+    """
+    cur = rollout.current_stage
+    start = max(rollout.stage_started_at, now - dt.timedelta(seconds=rollout.gate_window_seconds))
+    params = {
+        "cur": cur,
+        "rid": rollout.pk,
+        "name": rollout.artifact.name,
+        "ver": rollout.artifact.version,
+        "start": start,
+        "end": now,
+        "floor": _control_floor(rollout),
+    }
+    sides: dict[str, dict] = {"cohort": {}, "control": {}}
+    with connection.cursor() as cursor:
+        cursor.execute(_INFERENCE_SQL, params)
+        for side, count, errors, cloud, conf_sum, conf_count in cursor.fetchall():
+            sides[side].update(
+                inferences=int(count),
+                errors=int(errors),
+                cloud=int(cloud),
+                confidence_sum=float(conf_sum),
+                confidence_count=int(conf_count),
+            )
+        cursor.execute(_HISTOGRAM_SQL, params)
+        hists: dict[str, dict[str, int]] = {"cohort": {}, "control": {}}
+        for side, key, total in cursor.fetchall():
+            hists[side][key] = int(total)
+    for side in sides:
+        sides[side]["p95_ms"] = histogram.quantile(hists[side], 0.95)
+    presence = RolloutDevice.objects.filter(rollout=rollout).filter(
+        Q(stage__lte=cur) | ((Q(stage__isnull=True) | Q(stage__gt=cur)) & Q(bucket__gte=params["floor"]))
+    )
+    for row in presence.values("stage").annotate(
+        devices=Count("id"), offline=Count("id", filter=Q(device__online=False))
+    ):
+        side = "cohort" if row["stage"] is not None and row["stage"] <= cur else "control"
+        sides[side]["devices"] = sides[side].get("devices", 0) + row["devices"]
+        sides[side]["offline"] = sides[side].get("offline", 0) + row["offline"]
+    installs = RolloutDevice.objects.filter(rollout=rollout, stage__lte=cur).aggregate(
+        finished=Count("id", filter=Q(state=UpdateState.SUCCEEDED) | Q(state__in=FAILED_STATES)),
+        failed=Count("id", filter=Q(state__in=FAILED_STATES)),
+    )
+    sides["cohort"].update(installs)
+    return Metrics.from_dict(sides["cohort"]), Metrics.from_dict(sides["control"])

@@ -12,8 +12,8 @@ BUCKETS = 10_000
 
 # PostgreSQL's version of cohort_bucket(); %s is the rollout id as text, {device} the device id column.
 BUCKET_SQL = (
-    "((('x' || substr(encode(sha256(convert_to(%s || ':' || {device}, 'UTF8')), 'hex'), 1, 8))::bit(32)::bigint)"
-    f" % {BUCKETS})"
+    "mod((('x' || substr(encode(sha256(convert_to(%s || ':' || {device}, 'UTF8')), 'hex'), 1, 8))::bit(32)::bigint)"
+    f", {BUCKETS})"
 )
 
 

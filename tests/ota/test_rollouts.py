@@ -171,7 +171,7 @@ def test_sql_cohorts_match_the_python_hash(fleet_on_v1):
 
 
 def test_start_assigns_the_first_cohort_and_notifies_it(fleet_on_v1, no_broker, django_capture_on_commit_callbacks):
-    ids, v1, v2 = fleet_on_v1
+    _ids, v1, v2 = fleet_on_v1
     with django_capture_on_commit_callbacks(execute=True):
         rollout = start(v2)
     assert rollout.state == RolloutState.RUNNING and rollout.current_stage == 0
@@ -294,7 +294,7 @@ def test_invalid_stages_are_refused(fleet_on_v1):
 
 
 def test_healthy_cohorts_carry_the_rollout_to_everyone(fleet_on_v1):
-    ids, _v1, v2 = fleet_on_v1
+    _ids, _v1, v2 = fleet_on_v1
     rollout = start(v2)
     now = T0
     for stage in range(3):
@@ -316,7 +316,7 @@ def test_healthy_cohorts_carry_the_rollout_to_everyone(fleet_on_v1):
 
 
 def test_slower_cohort_rolls_back_by_itself(fleet_on_v1, no_broker, django_capture_on_commit_callbacks):
-    ids, v1, v2 = fleet_on_v1
+    _ids, v1, v2 = fleet_on_v1
     rollout = start(v2, on_failure="rollback")
     got_v2 = set(devices_in(rollout, assigned=True))
     simulate(rollout, start=T0, new_latency_ms=90.0)

@@ -253,5 +253,12 @@ def director_sign(
 
 
 def director_needs_signing(state: DirectorState, now: dt.datetime) -> bool:
+    return director_stale(
+        dirty=state.dirty, signed=state.timestamp_json is not None, expires_at=state.expires_at, now=now
+    )
+
+
+def director_stale(*, dirty: bool, signed: bool, expires_at: dt.datetime | None, now: dt.datetime) -> bool:
+    """Re-sign when the assignment changed, never signed, or past half the files' lifetime."""
     margin = lifetimes()["director"] / 2
-    return state.dirty or state.timestamp_json is None or state.expires_at is None or state.expires_at - now < margin
+    return dirty or not signed or expires_at is None or expires_at - now < margin

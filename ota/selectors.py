@@ -34,6 +34,26 @@ def update_trust_bootstrap() -> dict:
     }
 
 
+_DIRECTOR_COLUMNS = {"timestamp": "timestamp_json", "snapshot": "snapshot_json", "targets": "targets_json"}
+
+
+def director_cached(*, token_hash: str, role: str) -> tuple[str, str, tuple | None] | None:
+    """The director's hot path in one query, without the ORM: (device id, device status, (signed file,
+    version, dirty, expires_at) or None) for a device token hash, or None for an unknown token."""
+    column = _DIRECTOR_COLUMNS[role]  # from a fixed map, never from the request
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT d.id, d.status, ds.{column}, ds.version, ds.dirty, ds.expires_at FROM devices_device d"  # noqa: S608
+            " LEFT JOIN ota_directorstate ds ON ds.device_id = d.id WHERE d.token_hash = %s",
+            [token_hash],
+        )
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    device_id, status, content, version, dirty, expires_at = row
+    return device_id, status, (None if version is None else (content, version, dirty, expires_at))
+
+
 def rollout_list() -> QuerySet[Rollout]:
     return Rollout.objects.select_related("artifact", "created_by")
 

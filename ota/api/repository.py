@@ -13,10 +13,12 @@ import re
 
 from django.core.files.storage import default_storage
 from django.http import FileResponse, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.utils import timezone
 from django.views.decorators.http import require_GET
 
-from devices.services import device_authenticate_token
-from ota import repository, services
+from devices.models import DeviceStatus
+from devices.services import DEVICE_TOKEN_PREFIX, device_authenticate_token, hash_secret
+from ota import repository, selectors, services
 from ota.models import Artifact, Repository, RepositoryMetadata
 
 _METADATA_RE = re.compile(r"^(?:(?P<version>[1-9][0-9]{0,9})\.)?(?P<role>root|timestamp|snapshot|targets)\.json$")
@@ -86,17 +88,47 @@ def _device(request):
     return device_authenticate_token(secret.strip())
 
 
+def _unauthorized() -> JsonResponse:
+    response = _error(401, "device_token_invalid", "Director metadata needs Authorization: Device <token>.")
+    response["WWW-Authenticate"] = "Device"
+    return response
+
+
+def _cached_director_file(request, role: str, version: int | None) -> HttpResponse | None:
+    """Answer from the device's signed files in one query when they are current (the common case)."""
+    scheme, _, secret = request.headers.get("Authorization", "").partition(" ")
+    secret = secret.strip()
+    if scheme.lower() != "device" or not secret.startswith(DEVICE_TOKEN_PREFIX):
+        return _unauthorized()
+    found = selectors.director_cached(token_hash=hash_secret(secret), role=role)
+    if found is None or found[1] == DeviceStatus.REVOKED:
+        return _unauthorized()
+    _device_id, _status, cached = found
+    if cached is None:
+        return None
+    content, current_version, dirty, expires_at = cached
+    if repository.director_stale(dirty=dirty, signed=content is not None, expires_at=expires_at, now=timezone.now()):
+        return None
+    if role == "timestamp":
+        return _json(bytes(content), cache="no-store")
+    if version != current_version:
+        return None
+    return _json(bytes(content), cache="private, no-cache")
+
+
 @require_GET
 def director_metadata(request, filename: str):
-    device = _device(request)
-    if device is None:
-        response = _error(401, "device_token_invalid", "Director metadata needs Authorization: Device <token>.")
-        response["WWW-Authenticate"] = "Device"
-        return response
     parsed = _parse(filename)
     if parsed is None:
         return _error(404, "not_found", "Unknown metadata file.")
     role, version = parsed
+    if role != "root":
+        cached = _cached_director_file(request, role, version)
+        if cached is not None:
+            return cached
+    device = _device(request)
+    if device is None:
+        return _unauthorized()
     if role == "root":
         return _shared_file(Repository.DIRECTOR, role, version)
     state = services.director_files(device=device)
@@ -108,6 +140,3 @@ def director_metadata(request, filename: str):
         return _error(404, "not_found", f"This device's director {role} is at version {state.version}.")
     content = state.snapshot_json if role == "snapshot" else state.targets_json
     return _json(bytes(content), cache="private, no-cache")
-
-
-__all__ = ["director_metadata", "image_metadata", "image_target", "repository"]

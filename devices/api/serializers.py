@@ -2,6 +2,7 @@ from rest_framework import serializers
 
 from devices.models import Device, DeviceGroup, EnrollmentToken
 from fleet_agent.protocol import DEVICE_ID_PATTERN
+from ota.api.serializers import UpdateTrustSerializer
 
 
 def tag_list() -> serializers.ListField:
@@ -132,13 +133,6 @@ class EnrollInputSerializer(serializers.Serializer):
     hardware_class = serializers.CharField(max_length=64, required=False, allow_blank=True, default="")
     runtime = serializers.CharField(max_length=64, required=False, allow_blank=True, default="")
     agent_version = serializers.CharField(max_length=32, required=False, allow_blank=True, default="")
-
-
-class UpdateTrustSerializer(serializers.Serializer):
-    image_root = serializers.CharField(help_text="The image repository's root metadata (JSON text, as signed).")
-    director_root = serializers.CharField(help_text="The director's root metadata (JSON text, as signed).")
-    image_url = serializers.CharField()
-    director_url = serializers.CharField()
 
 
 class EnrollOutputSerializer(serializers.Serializer):

@@ -235,6 +235,29 @@ def main() -> None:
             "install_failure_rate": {"threshold": 0.05, "min_samples": 100},
         }
         stages = [{"share": s, "soak_seconds": 3600, "gates": gates} for s in (0.01, 0.10, 0.50, 1.0)]
+        if os.environ.get("BENCH_PROFILE"):
+            from ota import selectors
+
+            def timed(module, name):
+                inner = getattr(module, name)
+
+                def wrapper(*a, **kw):
+                    t0 = time.perf_counter()
+                    try:
+                        return inner(*a, **kw)
+                    finally:
+                        print(f"  {name}: {time.perf_counter() - t0:.3f} s")
+
+                setattr(module, name, wrapper)
+
+            for module, name in [
+                (rollouts, "_insert_targets"),
+                (rollouts, "_assign"),
+                (services, "director_assign"),
+                (rollouts, "_expire_and_retry"),
+                (selectors, "cohort_metrics"),
+            ]:
+                timed(module, name)
         rollout = rollouts.rollout_create(actor=actor, name="bench", artifact=v2, selector={}, stages=stages)
         started_at = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
         t = time.perf_counter()

@@ -222,12 +222,23 @@ class RolloutDevice(models.Model):
     runs or is paused; the partial unique constraint keeps a device in at most one such rollout.
     """
 
-    rollout = models.ForeignKey(Rollout, on_delete=models.CASCADE, related_name="devices")
-    device = models.ForeignKey("devices.Device", on_delete=models.CASCADE, db_constraint=False, related_name="+")
+    # Start inserts a row per targeted device (a million in one statement): every index costs, so the
+    # foreign keys carry none of their own. rollout is the leading column of rollout_device_once; a
+    # device's active row is found through device_one_active_rollout; previous_artifact is never a filter.
+    # No database FK on rollout either: its per-row check costs a trigger call per inserted row; rows
+    # are only written by ota/rollouts.py for an existing rollout, and Django cascades the deletion.
+    rollout = models.ForeignKey(
+        Rollout, on_delete=models.CASCADE, related_name="devices", db_index=False, db_constraint=False
+    )
+    device = models.ForeignKey(
+        "devices.Device", on_delete=models.CASCADE, db_constraint=False, db_index=False, related_name="+"
+    )
     bucket = models.PositiveIntegerField()  # 0..9999 from the stable hash
     stage = models.IntegerField(null=True)  # None: beyond the last stage's share, never targeted
     active = models.BooleanField(default=True)
-    previous_artifact = models.ForeignKey(Artifact, null=True, on_delete=models.PROTECT, related_name="+")
+    previous_artifact = models.ForeignKey(
+        Artifact, null=True, on_delete=models.PROTECT, db_constraint=False, db_index=False, related_name="+"
+    )
     state = models.CharField(max_length=16, choices=UpdateState.choices, default=UpdateState.PENDING)
     reason = models.CharField(max_length=64, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
@@ -242,8 +253,9 @@ class RolloutDevice(models.Model):
             models.UniqueConstraint(fields=["device"], condition=Q(active=True), name="device_one_active_rollout"),
         ]
         indexes = [
-            # The gate tick counts states and finds overdue devices of one rollout and stage.
+            # The gate tick counts states, finds overdue devices and opens stages of one rollout.
             models.Index(fields=["rollout", "stage", "state"], name="rolloutdevice_stage_state_idx"),
+            # The control cohort: devices not reached yet at the top of the hash range.
             models.Index(fields=["rollout", "bucket"], name="rolloutdevice_bucket_idx"),
         ]
 

@@ -164,20 +164,23 @@ def _insert_targets(rollout: Rollout, *, join_at_stage: int | None) -> int:
     bucket_sql = cohorts.BUCKET_SQL.format(device="d.id")
     # Interpolated: SQL built here from integers and Django's own compiled queryset; values are params.
     sql = f"""
-        INSERT INTO ota_rolloutdevice (rollout_id, device_id, bucket, stage, active, previous_artifact_id,
-                                       state, reason, attempts)
-        SELECT %s, t.id, t.bucket, {stage_sql}, true, t.previous, %s, '', 0
-        FROM (
+        WITH t AS MATERIALIZED (
             SELECT d.id, {bucket_sql} AS bucket, ds.artifact_id AS previous
             FROM ({device_sql}) AS d(id)
             LEFT JOIN ota_directorstate ds ON ds.device_id = d.id
-            WHERE NOT EXISTS (SELECT 1 FROM ota_rolloutdevice x
-                              WHERE x.device_id = d.id AND (x.active OR x.rollout_id = %s))
-        ) AS t
+            WHERE NOT EXISTS (SELECT 1 FROM ota_rolloutdevice x WHERE x.device_id = d.id AND x.active)
+              AND NOT EXISTS (SELECT 1 FROM ota_rolloutdevice y WHERE y.rollout_id = %s AND y.device_id = d.id)
+        )
+        INSERT INTO ota_rolloutdevice (rollout_id, device_id, bucket, stage, active, previous_artifact_id,
+                                       state, reason, attempts)
+        SELECT %s, t.id, t.bucket, {stage_sql}, true, t.previous, %s, '', 0 FROM t
         ON CONFLICT DO NOTHING
     """  # noqa: S608
-    params = [rollout.pk, UpdateState.PENDING, str(rollout.pk), *device_params, rollout.pk]
+    # MATERIALIZED: the hash is computed once per device, not once per CASE branch of the stage.
+    params = [str(rollout.pk), *device_params, rollout.pk, rollout.pk, UpdateState.PENDING]
     with connection.cursor() as cursor:
+        # The anti-join and the join with the director table hash a million rows: give them memory.
+        cursor.execute("SET LOCAL work_mem = '64MB'")
         cursor.execute(sql, params)
         return cursor.rowcount
 
@@ -452,9 +455,9 @@ def _expire_and_retry(rollout: Rollout, now: dt.datetime) -> dict:
     # Conditional UPDATE: a status report arriving at the same moment either lands first (the row is no
     # longer in flight and is skipped) or after (it overwrites timed_out with what the device says).
     timed_out_ids = list(
-        RolloutDevice.objects.filter(rollout=rollout, state__in=IN_FLIGHT_STATES, deadline_at__lt=now).values_list(
-            "id", flat=True
-        )[:10000]
+        RolloutDevice.objects.filter(
+            rollout=rollout, stage__lte=rollout.current_stage, state__in=IN_FLIGHT_STATES, deadline_at__lt=now
+        ).values_list("id", flat=True)[:10000]
     )
     timed_out = RolloutDevice.objects.filter(pk__in=timed_out_ids, state__in=IN_FLIGHT_STATES).update(
         state=UpdateState.TIMED_OUT, reason="deadline_passed"
@@ -467,7 +470,12 @@ def _expire_and_retry(rollout: Rollout, now: dt.datetime) -> dict:
     if _in_window(rollout, now):
         retried = _assign(
             rollout,
-            Q(state__in=FAILED_STATES, next_retry_at__lte=now, attempts__lte=rollout.max_retries),
+            Q(
+                stage__lte=rollout.current_stage,
+                state__in=FAILED_STATES,
+                next_retry_at__lte=now,
+                attempts__lte=rollout.max_retries,
+            ),
             now=now,
             retry=True,
         )

@@ -260,6 +260,15 @@ def main() -> None:
                 timed(module, name)
         rollout = rollouts.rollout_create(actor=actor, name="bench", artifact=v2, selector={}, stages=stages)
         started_at = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
+        if os.environ.get("BENCH_PROFILE"):
+            from django.db import connection, transaction
+
+            with transaction.atomic(), connection.cursor() as cursor:
+                sql, params = rollouts._insert_targets_sql(rollout, join_at_stage=None)
+                cursor.execute("SET LOCAL work_mem = '64MB'")
+                cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql, params)
+                print("\n".join(row[0] for row in cursor.fetchall()))
+                transaction.set_rollback(True)
         t = time.perf_counter()
         rollouts.rollout_start(actor=actor, rollout=rollout, now=started_at)
         start_s = time.perf_counter() - t

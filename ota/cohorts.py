@@ -40,3 +40,10 @@ def stage_case_sql(shares: list[float], bucket_column: str) -> str:
     computed here, never user text."""
     whens = " ".join(f"WHEN {bucket_column} < {limit} THEN {index}" for index, limit in enumerate(stage_limits(shares)))
     return f"(CASE {whens} ELSE NULL END)"
+
+
+def reached_filter_limit(shares: list[float], stage: int) -> int:
+    """Every device with stage <= ``stage`` has a bucket below this limit (a late joiner's stage is
+    never below its own hash stage), so queries on "stages reached" can range-scan the bucket index
+    and then check the stage: the rows read are the cohort's, not the whole rollout's."""
+    return stage_limits(shares)[stage] if stage >= 0 else 0

@@ -253,9 +253,9 @@ class RolloutDevice(models.Model):
             models.UniqueConstraint(fields=["device"], condition=Q(active=True), name="device_one_active_rollout"),
         ]
         indexes = [
-            # The gate tick counts states, finds overdue devices and opens stages of one rollout.
-            models.Index(fields=["rollout", "stage", "state"], name="rolloutdevice_stage_state_idx"),
-            # The control cohort: devices not reached yet at the top of the hash range.
+            # The one index for the gate tick and stage openings: the cohort of stages 0..k is the bucket
+            # range below stage k's limit, the control sample the range at the top (see
+            # cohorts.reached_filter_limit). One index instead of one per query keeps start cheap.
             models.Index(fields=["rollout", "bucket"], name="rolloutdevice_bucket_idx"),
         ]
 

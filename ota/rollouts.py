@@ -152,6 +152,15 @@ def _insert_targets(rollout: Rollout, *, join_at_stage: int | None) -> int:
     """
     if connection.vendor != "postgresql":
         return _insert_targets_python(rollout, join_at_stage=join_at_stage)
+    sql, params = _insert_targets_sql(rollout, join_at_stage=join_at_stage)
+    with connection.cursor() as cursor:
+        # The anti-join and the join with the director table hash a million rows: give them memory.
+        cursor.execute("SET LOCAL work_mem = '64MB'")
+        cursor.execute(sql, params)
+        return cursor.rowcount
+
+
+def _insert_targets_sql(rollout: Rollout, *, join_at_stage: int | None) -> tuple[str, list]:
     shares = [s["share"] for s in rollout.stages]
     device_sql, device_params = (
         selectors.targeted_devices(selector=rollout.selector, artifact=rollout.artifact)
@@ -178,11 +187,7 @@ def _insert_targets(rollout: Rollout, *, join_at_stage: int | None) -> int:
     """  # noqa: S608
     # MATERIALIZED: the hash is computed once per device, not once per CASE branch of the stage.
     params = [str(rollout.pk), *device_params, rollout.pk, rollout.pk, UpdateState.PENDING]
-    with connection.cursor() as cursor:
-        # The anti-join and the join with the director table hash a million rows: give them memory.
-        cursor.execute("SET LOCAL work_mem = '64MB'")
-        cursor.execute(sql, params)
-        return cursor.rowcount
+    return sql, params
 
 
 def _insert_targets_python(rollout: Rollout, *, join_at_stage: int | None) -> int:
@@ -215,6 +220,11 @@ def _insert_targets_python(rollout: Rollout, *, join_at_stage: int | None) -> in
     return len(rows)
 
 
+def _reached(rollout: Rollout, stage: int) -> Q:
+    """The bucket range holding every device of stages <= stage (see cohorts.reached_filter_limit)."""
+    return Q(bucket__lt=cohorts.reached_filter_limit([s["share"] for s in rollout.stages], stage))
+
+
 def _in_window(rollout: Rollout, now: dt.datetime) -> bool:
     if rollout.window_start_hour is None:
         return True
@@ -225,12 +235,11 @@ def _in_window(rollout: Rollout, now: dt.datetime) -> bool:
 def _assign(rollout: Rollout, rows_filter: Q, *, now: dt.datetime, retry: bool = False) -> int:
     """Move the matching devices to assigned, point their director at the release, notify them."""
     deadline = now + dt.timedelta(seconds=rollout.device_timeout_seconds)
-    device_ids = list(
-        RolloutDevice.objects.filter(rollout=rollout).filter(rows_filter).values_list("device_id", flat=True)
-    )
+    rows = list(RolloutDevice.objects.filter(rollout=rollout).filter(rows_filter).values_list("pk", "device_id"))
+    device_ids = [device_id for _, device_id in rows]
     if not device_ids:
         return 0
-    RolloutDevice.objects.filter(rollout=rollout, device_id__in=device_ids).update(
+    RolloutDevice.objects.filter(pk__in=[pk for pk, _ in rows]).update(
         state=UpdateState.ASSIGNED,
         reason="retry" if retry else "",
         attempts=F("attempts") + 1,
@@ -299,7 +308,7 @@ def _open_stage(rollout: Rollout, stage: int, *, actor: Actor, now: dt.datetime)
     rollout.current_stage = stage
     rollout.stage_started_at = now
     rollout.save(update_fields=["current_stage", "stage_started_at"])
-    assigned = _assign(rollout, Q(stage=stage, state=UpdateState.PENDING), now=now)
+    assigned = _assign(rollout, Q(stage=stage, state=UpdateState.PENDING) & _reached(rollout, stage), now=now)
     audit_record(
         actor=actor,
         action="rollout.stage_open",
@@ -411,7 +420,10 @@ def rollout_rollback(
         raise ApiError("invalid_state", f"Cannot roll back a {rollout.state} rollout.", status_code=409)
     before = rollout.state
     reached = (
-        RolloutDevice.objects.filter(rollout=rollout).exclude(state=UpdateState.PENDING).exclude(stage__isnull=True)
+        RolloutDevice.objects.filter(rollout=rollout)
+        .filter(_reached(rollout, rollout.current_stage))
+        .exclude(state=UpdateState.PENDING)
+        .exclude(stage__isnull=True)
     )
     # Only devices the director still points at this rollout's release: one that a later rollout
     # moved on is left alone.
@@ -456,7 +468,11 @@ def _expire_and_retry(rollout: Rollout, now: dt.datetime) -> dict:
     # longer in flight and is skipped) or after (it overwrites timed_out with what the device says).
     timed_out_ids = list(
         RolloutDevice.objects.filter(
-            rollout=rollout, stage__lte=rollout.current_stage, state__in=IN_FLIGHT_STATES, deadline_at__lt=now
+            _reached(rollout, rollout.current_stage),
+            rollout=rollout,
+            stage__lte=rollout.current_stage,
+            state__in=IN_FLIGHT_STATES,
+            deadline_at__lt=now,
         ).values_list("id", flat=True)[:10000]
     )
     timed_out = RolloutDevice.objects.filter(pk__in=timed_out_ids, state__in=IN_FLIGHT_STATES).update(
@@ -470,7 +486,8 @@ def _expire_and_retry(rollout: Rollout, now: dt.datetime) -> dict:
     if _in_window(rollout, now):
         retried = _assign(
             rollout,
-            Q(
+            _reached(rollout, rollout.current_stage)
+            & Q(
                 stage__lte=rollout.current_stage,
                 state__in=FAILED_STATES,
                 next_retry_at__lte=now,
@@ -562,7 +579,8 @@ def rollout_sync_targets(*, rollout: Rollout, now: dt.datetime | None = None) ->
             return 0
         added = _insert_targets(rollout, join_at_stage=rollout.current_stage)
         if added and rollout.state == RolloutState.RUNNING:
-            _assign(rollout, Q(stage__lte=rollout.current_stage, state=UpdateState.PENDING), now=now)
+            reached = _reached(rollout, rollout.current_stage)
+            _assign(rollout, reached & Q(stage__lte=rollout.current_stage, state=UpdateState.PENDING), now=now)
         if added:
             audit_record(
                 actor=SYSTEM,

@@ -8,7 +8,7 @@ from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 
 from devices.models import Device, DeviceStatus
 from ota import repository
-from ota.cohorts import BUCKETS
+from ota.cohorts import BUCKETS, reached_filter_limit
 from ota.gates import Metrics
 from ota.models import FAILED_STATES, Artifact, Repository, Rollout, RolloutDevice, UpdateState
 from telemetry import histogram
@@ -104,7 +104,8 @@ SELECT CASE WHEN rd.stage <= %(cur)s THEN 'cohort' ELSE 'control' END AS side,
        coalesce(sum(r.confidence_sum), 0), coalesce(sum(r.confidence_count), 0)
 FROM ota_rolloutdevice rd
 JOIN telemetry_inferencerollup r ON r.device_id = rd.device_id
-WHERE rd.rollout_id = %(rid)s AND r.model_name = %(name)s AND r.bucket >= %(start)s AND r.bucket < %(end)s
+WHERE rd.rollout_id = %(rid)s AND (rd.bucket < %(reached)s OR rd.bucket >= %(floor)s)
+  AND r.model_name = %(name)s AND r.bucket >= %(start)s AND r.bucket < %(end)s
   AND ((rd.stage <= %(cur)s AND r.model_version = %(ver)s)
        OR ((rd.stage IS NULL OR rd.stage > %(cur)s) AND rd.bucket >= %(floor)s AND r.model_version <> %(ver)s))
 GROUP BY 1
@@ -115,7 +116,8 @@ SELECT CASE WHEN rd.stage <= %(cur)s THEN 'cohort' ELSE 'control' END AS side, h
 FROM ota_rolloutdevice rd
 JOIN telemetry_inferencerollup r ON r.device_id = rd.device_id
 CROSS JOIN LATERAL jsonb_each_text(r.latency_hist) AS h(key, value)
-WHERE rd.rollout_id = %(rid)s AND r.model_name = %(name)s AND r.bucket >= %(start)s AND r.bucket < %(end)s
+WHERE rd.rollout_id = %(rid)s AND (rd.bucket < %(reached)s OR rd.bucket >= %(floor)s)
+  AND r.model_name = %(name)s AND r.bucket >= %(start)s AND r.bucket < %(end)s
   AND ((rd.stage <= %(cur)s AND r.model_version = %(ver)s)
        OR ((rd.stage IS NULL OR rd.stage > %(cur)s) AND rd.bucket >= %(floor)s AND r.model_version <> %(ver)s))
 GROUP BY 1, 2
@@ -139,6 +141,7 @@ def cohort_metrics(*, rollout: Rollout, now: dt.datetime) -> tuple[Metrics, Metr
         "start": start,
         "end": now,
         "floor": _control_floor(rollout),
+        "reached": reached_filter_limit([s["share"] for s in rollout.stages], cur),
     }
     sides: dict[str, dict] = {"cohort": {}, "control": {}}
     with connection.cursor() as cursor:
@@ -158,7 +161,8 @@ def cohort_metrics(*, rollout: Rollout, now: dt.datetime) -> tuple[Metrics, Metr
     for side in sides:
         sides[side]["p95_ms"] = histogram.quantile(hists[side], 0.95)
     presence = RolloutDevice.objects.filter(rollout=rollout).filter(
-        Q(stage__lte=cur) | ((Q(stage__isnull=True) | Q(stage__gt=cur)) & Q(bucket__gte=params["floor"]))
+        Q(stage__lte=cur, bucket__lt=params["reached"])
+        | ((Q(stage__isnull=True) | Q(stage__gt=cur)) & Q(bucket__gte=params["floor"]))
     )
     for row in presence.values("stage").annotate(
         devices=Count("id"), offline=Count("id", filter=Q(device__online=False))
@@ -166,7 +170,7 @@ def cohort_metrics(*, rollout: Rollout, now: dt.datetime) -> tuple[Metrics, Metr
         side = "cohort" if row["stage"] is not None and row["stage"] <= cur else "control"
         sides[side]["devices"] = sides[side].get("devices", 0) + row["devices"]
         sides[side]["offline"] = sides[side].get("offline", 0) + row["offline"]
-    installs = RolloutDevice.objects.filter(rollout=rollout, stage__lte=cur).aggregate(
+    installs = RolloutDevice.objects.filter(rollout=rollout, stage__lte=cur, bucket__lt=params["reached"]).aggregate(
         finished=Count("id", filter=Q(state=UpdateState.SUCCEEDED) | Q(state__in=FAILED_STATES)),
         failed=Count("id", filter=Q(state__in=FAILED_STATES)),
     )

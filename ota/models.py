@@ -219,11 +219,12 @@ class RolloutDevice(models.Model):
 
     ``stage`` is fixed at start from a stable hash (or, for a device that matched later, the stage
     current when it joined), so a stage's devices never change. ``active`` is true while the rollout
-    runs or is paused; the partial unique constraint keeps a device in at most one such rollout.
+    runs or is paused; the partial unique constraint keeps a device in at most one such rollout, and
+    so also once in its own rollout (rows are only inserted while the rollout is live, all active).
     """
 
     # Start inserts a row per targeted device (a million in one statement): every index costs, so the
-    # foreign keys carry none of their own. rollout is the leading column of rollout_device_once; a
+    # foreign keys carry none of their own. rollout is the leading column of rolloutdevice_bucket_idx; a
     # device's active row is found through device_one_active_rollout; previous_artifact is never a filter.
     # No database FK on rollout either: its per-row check costs a trigger call per inserted row; rows
     # are only written by ota/rollouts.py for an existing rollout, and Django cascades the deletion.
@@ -249,7 +250,6 @@ class RolloutDevice(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["rollout", "device"], name="rollout_device_once"),
             models.UniqueConstraint(fields=["device"], condition=Q(active=True), name="device_one_active_rollout"),
         ]
         indexes = [

@@ -177,8 +177,8 @@ def _insert_targets_sql(rollout: Rollout, *, join_at_stage: int | None) -> tuple
             SELECT d.id, {bucket_sql} AS bucket, ds.artifact_id AS previous
             FROM ({device_sql}) AS d(id)
             LEFT JOIN ota_directorstate ds ON ds.device_id = d.id
+            -- Live rollouts' rows are all active: this also skips devices already in this rollout.
             WHERE NOT EXISTS (SELECT 1 FROM ota_rolloutdevice x WHERE x.device_id = d.id AND x.active)
-              AND NOT EXISTS (SELECT 1 FROM ota_rolloutdevice y WHERE y.rollout_id = %s AND y.device_id = d.id)
         )
         INSERT INTO ota_rolloutdevice (rollout_id, device_id, bucket, stage, active, previous_artifact_id,
                                        state, reason, attempts)
@@ -186,7 +186,7 @@ def _insert_targets_sql(rollout: Rollout, *, join_at_stage: int | None) -> tuple
         ON CONFLICT DO NOTHING
     """  # noqa: S608
     # MATERIALIZED: the hash is computed once per device, not once per CASE branch of the stage.
-    params = [str(rollout.pk), *device_params, rollout.pk, rollout.pk, UpdateState.PENDING]
+    params = [str(rollout.pk), *device_params, rollout.pk, UpdateState.PENDING]
     return sql, params
 
 

@@ -220,10 +220,21 @@ def timestamp_refresh(*, now: dt.datetime | None = None, force: bool = False) ->
             return False
         # The snapshot may be close to expiry too; re-sign it with the timestamp when it is.
         snapshot = repository.current(Repository.IMAGE, "snapshot")
-        if snapshot.expires_at - now < life["snapshot"] / 2:
+        resign_snapshot = snapshot.expires_at - now < life["snapshot"] / 2
+        if resign_snapshot:
             repository.image_sign_snapshot(now=now)
         else:
             repository.image_sign_timestamp(now=now)
+        audit_record(
+            actor=Actor.system("ota-timestamp"),
+            action="ota.timestamp.resign",
+            object_type="update_repository",
+            object_id="image",
+            after={
+                "timestamp_version": repository.current(Repository.IMAGE, "timestamp").version,
+                "snapshot_resigned": resign_snapshot,
+            },
+        )
     return True
 
 

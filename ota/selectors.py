@@ -98,29 +98,26 @@ def _control_floor(rollout: Rollout) -> int:
     return max(BUCKETS - width, round(share * BUCKETS))
 
 
-_INFERENCE_SQL = """
-SELECT CASE WHEN rd.stage <= %(cur)s THEN 'cohort' ELSE 'control' END AS side,
-       coalesce(sum(r.count), 0), coalesce(sum(r.error_count), 0), coalesce(sum(r.cloud_count), 0),
-       coalesce(sum(r.confidence_sum), 0), coalesce(sum(r.confidence_count), 0)
-FROM ota_rolloutdevice rd
-JOIN telemetry_inferencerollup r ON r.device_id = rd.device_id
-WHERE rd.rollout_id = %(rid)s AND (rd.bucket < %(reached)s OR rd.bucket >= %(floor)s)
-  AND r.model_name = %(name)s AND r.bucket >= %(start)s AND r.bucket < %(end)s
-  AND ((rd.stage <= %(cur)s AND r.model_version = %(ver)s)
-       OR ((rd.stage IS NULL OR rd.stage > %(cur)s) AND rd.bucket >= %(floor)s AND r.model_version <> %(ver)s))
-GROUP BY 1
-"""
-
-_HISTOGRAM_SQL = """
-SELECT CASE WHEN rd.stage <= %(cur)s THEN 'cohort' ELSE 'control' END AS side, h.key, sum(h.value::bigint)
-FROM ota_rolloutdevice rd
-JOIN telemetry_inferencerollup r ON r.device_id = rd.device_id
-CROSS JOIN LATERAL jsonb_each_text(r.latency_hist) AS h(key, value)
-WHERE rd.rollout_id = %(rid)s AND (rd.bucket < %(reached)s OR rd.bucket >= %(floor)s)
-  AND r.model_name = %(name)s AND r.bucket >= %(start)s AND r.bucket < %(end)s
-  AND ((rd.stage <= %(cur)s AND r.model_version = %(ver)s)
-       OR ((rd.stage IS NULL OR rd.stage > %(cur)s) AND rd.bucket >= %(floor)s AND r.model_version <> %(ver)s))
-GROUP BY 1, 2
+# One pass over the window's rollups of both cohorts (MATERIALIZED: joined once, aggregated twice):
+# rows with key NULL are the totals per side, the others the merged latency histogram per side.
+_METRICS_SQL = """
+WITH picked AS MATERIALIZED (
+    SELECT CASE WHEN rd.stage <= %(cur)s THEN 'cohort' ELSE 'control' END AS side,
+           r.count, r.error_count, r.cloud_count, r.confidence_sum, r.confidence_count, r.latency_hist
+    FROM ota_rolloutdevice rd
+    JOIN telemetry_inferencerollup r ON r.device_id = rd.device_id
+    WHERE rd.rollout_id = %(rid)s AND (rd.bucket < %(reached)s OR rd.bucket >= %(floor)s)
+      AND r.model_name = %(name)s AND r.bucket >= %(start)s AND r.bucket < %(end)s
+      AND ((rd.stage <= %(cur)s AND r.model_version = %(ver)s)
+           OR ((rd.stage IS NULL OR rd.stage > %(cur)s) AND rd.bucket >= %(floor)s AND r.model_version <> %(ver)s))
+)
+SELECT side, NULL::text, sum(count)::float8, sum(error_count)::float8, sum(cloud_count)::float8,
+       sum(confidence_sum)::float8, sum(confidence_count)::float8
+FROM picked GROUP BY side
+UNION ALL
+SELECT side, h.key, sum(h.value::bigint)::float8, NULL, NULL, NULL, NULL
+FROM picked CROSS JOIN LATERAL jsonb_each_text(picked.latency_hist) AS h(key, value)
+GROUP BY side, h.key
 """
 
 
@@ -145,19 +142,19 @@ def cohort_metrics(*, rollout: Rollout, now: dt.datetime) -> tuple[Metrics, Metr
     }
     sides: dict[str, dict] = {"cohort": {}, "control": {}}
     with connection.cursor() as cursor:
-        cursor.execute(_INFERENCE_SQL, params)
-        for side, count, errors, cloud, conf_sum, conf_count in cursor.fetchall():
+        cursor.execute(_METRICS_SQL, params)
+        hists: dict[str, dict[str, int]] = {"cohort": {}, "control": {}}
+        for side, key, total, errors, cloud, conf_sum, conf_count in cursor.fetchall():
+            if key is not None:
+                hists[side][key] = int(total)
+                continue
             sides[side].update(
-                inferences=int(count),
+                inferences=int(total),
                 errors=int(errors),
                 cloud=int(cloud),
                 confidence_sum=float(conf_sum),
                 confidence_count=int(conf_count),
             )
-        cursor.execute(_HISTOGRAM_SQL, params)
-        hists: dict[str, dict[str, int]] = {"cohort": {}, "control": {}}
-        for side, key, total in cursor.fetchall():
-            hists[side][key] = int(total)
     for side in sides:
         sides[side]["p95_ms"] = histogram.quantile(hists[side], 0.95)
     presence = RolloutDevice.objects.filter(rollout=rollout).filter(

@@ -20,6 +20,7 @@ from ota.models import (
     FAILED_STATES,
     IN_FLIGHT_STATES,
     Artifact,
+    DirectorState,
     OnFailure,
     Rollout,
     RolloutDevice,
@@ -192,8 +193,6 @@ def _insert_targets_sql(rollout: Rollout, *, join_at_stage: int | None) -> tuple
 
 def _insert_targets_python(rollout: Rollout, *, join_at_stage: int | None) -> int:
     """The same as _insert_targets for databases without sha256() in SQL (the embedded SQLite run)."""
-    from ota.models import DirectorState
-
     shares = [s["share"] for s in rollout.stages]
     taken = set(RolloutDevice.objects.filter(Q(active=True) | Q(rollout=rollout)).values_list("device_id", flat=True))
     previous = dict(DirectorState.objects.values_list("device_id", "artifact_id"))
@@ -356,7 +355,7 @@ def rollout_advance(
 
 
 @transaction.atomic
-def rollout_pause(*, actor: Actor, rollout: Rollout, reason: str = "manual", snapshot: dict | None = None) -> Rollout:
+def rollout_pause(*, actor: Actor, rollout: Rollout, reason: str = "manual") -> Rollout:
     rollout = _locked(rollout)
     if rollout.state != RolloutState.RUNNING:
         raise ApiError(
@@ -427,8 +426,6 @@ def rollout_rollback(
     )
     # Only devices the director still points at this rollout's release: one that a later rollout
     # moved on is left alone.
-    from ota.models import DirectorState
-
     moved = 0
     by_previous = reached.values("previous_artifact_id").annotate(n=Count("id"))
     for group in by_previous:
@@ -550,7 +547,7 @@ def rollout_evaluate(*, rollout: Rollout, now: dt.datetime | None = None) -> dic
         if decision == "pause":
             rollout_pause(actor=SYSTEM, rollout=rollout, reason="gate_failed")
         elif decision == "rollback":
-            rollout_rollback(actor=SYSTEM, rollout=rollout, reason="gate_failed", now=now)
+            rollout_rollback(actor=SYSTEM, rollout=rollout, reason="gate_failed", now=now, snapshot=snapshot)
         elif decision in ("advance", "complete"):
             rollout_advance(actor=SYSTEM, rollout=rollout, now=now, reason="gates_passed")
     return snapshot

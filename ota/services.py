@@ -15,6 +15,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Max
 from django.utils import timezone
 from securesystemslib.signer import Signer
+from tuf.api.metadata import UnsignedMetadataError
 
 from devices.models import Device
 from fleet.errors import ApiError
@@ -30,7 +31,6 @@ from ota.models import (
     RolloutDevice,
     SigningKey,
     UpdateState,
-    UpdateStatusReport,
 )
 
 logger = logging.getLogger(__name__)
@@ -180,7 +180,7 @@ def key_rotate(
         )
         try:
             repository.sign_root(root_md, signers, previous=previous)
-        except Exception as exc:  # securesystemslib raises UnsignedMetadataError below the threshold
+        except UnsignedMetadataError as exc:  # fewer valid root signatures than a threshold
             raise ApiError(
                 "root_threshold_not_met",
                 f"Signing a new {repository_name} root needs {threshold} current root keys; supply the offline ones.",
@@ -479,7 +479,3 @@ def update_status_record(*, report: StatusReport, received_at: dt.datetime) -> b
         changed.append("next_retry_at")
     update.save(update_fields=changed)
     return True
-
-
-def status_reports_for(device_id: str) -> list[UpdateStatusReport]:
-    return list(UpdateStatusReport.objects.filter(device_id=device_id).order_by("seq"))

@@ -8,6 +8,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from fleet.api.pagination import IdCursorPagination
+from fleet.errors import ApiError
 from fleet.models import Role
 from fleet.services import Actor
 from ota import rollouts, selectors, services
@@ -169,8 +170,6 @@ class KeyRotateView(APIView):
         if data["role"] == "root" and not all(
             row.online for row in SigningKey.objects.filter(repository=data["repository"], role="root", active=True)
         ):
-            from fleet.errors import ApiError
-
             raise ApiError(
                 "root_keys_offline", "Root keys are offline: rotate them with the ota_keys command.", status_code=409
             )

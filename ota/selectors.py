@@ -12,6 +12,7 @@ from ota.cohorts import BUCKETS, reached_filter_limit
 from ota.gates import Metrics
 from ota.models import FAILED_STATES, Artifact, Repository, Rollout, RolloutDevice, UpdateState
 from telemetry import histogram
+from telemetry.models import InferenceRollup
 
 
 def repository_urls() -> dict[str, str]:
@@ -121,6 +122,73 @@ GROUP BY side, h.key
 """
 
 
+def _inference_totals_sql(params: dict) -> tuple[dict, dict]:
+    sides: dict[str, dict] = {"cohort": {}, "control": {}}
+    hists: dict[str, dict[str, int]] = {"cohort": {}, "control": {}}
+    with connection.cursor() as cursor:
+        cursor.execute(_METRICS_SQL, params)
+        for side, key, total, errors, cloud, conf_sum, conf_count in cursor.fetchall():
+            if key is not None:
+                hists[side][key] = int(total)
+                continue
+            sides[side].update(
+                inferences=int(total),
+                errors=int(errors),
+                cloud=int(cloud),
+                confidence_sum=float(conf_sum),
+                confidence_count=int(conf_count),
+            )
+    return sides, hists
+
+
+def _inference_totals_python(rollout: Rollout, params: dict) -> tuple[dict, dict]:
+    """The same sums as _METRICS_SQL, row by row in Python: for the embedded SQLite run (no jsonb)."""
+    stage_of = dict(
+        RolloutDevice.objects.filter(rollout=rollout)
+        .filter(Q(bucket__lt=params["reached"]) | Q(bucket__gte=params["floor"]))
+        .values_list("device_id", "stage")
+    )
+    floor_ids = set(
+        RolloutDevice.objects.filter(rollout=rollout, bucket__gte=params["floor"]).values_list("device_id", flat=True)
+    )
+    sides: dict[str, dict] = {"cohort": {}, "control": {}}
+    hists: dict[str, dict[str, int]] = {"cohort": {}, "control": {}}
+    rows = InferenceRollup.objects.filter(
+        device_id__in=list(stage_of),
+        model_name=params["name"],
+        bucket__gte=params["start"],
+        bucket__lt=params["end"],
+    ).values_list(
+        "device_id",
+        "model_version",
+        "count",
+        "error_count",
+        "cloud_count",
+        "confidence_sum",
+        "confidence_count",
+        "latency_hist",
+    )
+    for device_id, version, count, errors, cloud, conf_sum, conf_count, hist in rows:
+        stage = stage_of[device_id]
+        if stage is not None and stage <= params["cur"] and version == params["ver"]:
+            side = "cohort"
+        elif (stage is None or stage > params["cur"]) and device_id in floor_ids and version != params["ver"]:
+            side = "control"
+        else:
+            continue
+        totals = sides[side]
+        for key, value in (
+            ("inferences", count),
+            ("errors", errors),
+            ("cloud", cloud),
+            ("confidence_sum", conf_sum),
+            ("confidence_count", conf_count),
+        ):
+            totals[key] = totals.get(key, 0) + value
+        histogram.merge(hists[side], hist)
+    return sides, hists
+
+
 def cohort_metrics(*, rollout: Rollout, now: dt.datetime) -> tuple[Metrics, Metrics]:
     """(cohort, control) metrics over the gate window of the current stage.
 
@@ -140,21 +208,10 @@ def cohort_metrics(*, rollout: Rollout, now: dt.datetime) -> tuple[Metrics, Metr
         "floor": _control_floor(rollout),
         "reached": reached_filter_limit([s["share"] for s in rollout.stages], cur),
     }
-    sides: dict[str, dict] = {"cohort": {}, "control": {}}
-    with connection.cursor() as cursor:
-        cursor.execute(_METRICS_SQL, params)
-        hists: dict[str, dict[str, int]] = {"cohort": {}, "control": {}}
-        for side, key, total, errors, cloud, conf_sum, conf_count in cursor.fetchall():
-            if key is not None:
-                hists[side][key] = int(total)
-                continue
-            sides[side].update(
-                inferences=int(total),
-                errors=int(errors),
-                cloud=int(cloud),
-                confidence_sum=float(conf_sum),
-                confidence_count=int(conf_count),
-            )
+    if connection.vendor == "postgresql":
+        sides, hists = _inference_totals_sql(params)
+    else:
+        sides, hists = _inference_totals_python(rollout, params)
     for side in sides:
         sides[side]["p95_ms"] = histogram.quantile(hists[side], 0.95)
     presence = RolloutDevice.objects.filter(rollout=rollout).filter(

@@ -441,3 +441,31 @@ def test_invalid_status_reports_are_rejected_with_reasons(fleet_on_v1):
         "unknown_state",
         "reason_missing",
     ]
+
+
+def test_python_gate_sums_match_postgresql(fleet_on_v1):
+    """The embedded run (SQLite) sums rollups in Python; it must agree with the SQL the fleet uses."""
+    from ota import selectors
+
+    _ids, _v1, v2 = fleet_on_v1
+    rollout = start(v2)
+    simulate(rollout, start=T0, new_latency_ms=70.0, new_errors=1)
+    rollout.refresh_from_db()
+    now = T0 + dt.timedelta(minutes=10)
+    begin = max(rollout.stage_started_at, now - dt.timedelta(seconds=rollout.gate_window_seconds))
+    params = {
+        "cur": 0,
+        "rid": rollout.pk,
+        "name": "detector",
+        "ver": "2.0.0",
+        "start": begin,
+        "end": now,
+        "floor": selectors._control_floor(rollout),
+        "reached": cohorts.reached_filter_limit([s["share"] for s in STAGES], 0),
+    }
+    sql_sides, sql_hists = selectors._inference_totals_sql(params)
+    py_sides, py_hists = selectors._inference_totals_python(rollout, params)
+    assert sql_hists == py_hists and sql_hists["cohort"] and sql_hists["control"]
+    for side in ("cohort", "control"):
+        assert sql_sides[side] == pytest.approx(py_sides[side])
+    assert sql_sides["cohort"]["errors"] > 0 and sql_sides["control"]["errors"] == 0

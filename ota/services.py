@@ -218,10 +218,14 @@ def timestamp_refresh(*, now: dt.datetime | None = None, force: bool = False) ->
         life = repository.lifetimes()
         if not force and row is not None and row.expires_at - now > life["timestamp"] / 2:
             return False
-        # The snapshot may be close to expiry too; re-sign it with the timestamp when it is.
+        # Targets and snapshot may be close to expiry too (no release for weeks): re-sign them with it.
+        targets = repository.current(Repository.IMAGE, "targets")
         snapshot = repository.current(Repository.IMAGE, "snapshot")
         resign_snapshot = snapshot.expires_at - now < life["snapshot"] / 2
-        if resign_snapshot:
+        if targets.expires_at - now < life["targets"] / 2:
+            repository.image_publish(now=now)
+            resign_snapshot = True
+        elif resign_snapshot:
             repository.image_sign_snapshot(now=now)
         else:
             repository.image_sign_timestamp(now=now)

@@ -47,3 +47,22 @@ def test_timestamp_task_resigns_only_when_due(update_repo):
     assert services.timestamp_refresh(now=dt.datetime.now(dt.UTC) + dt.timedelta(hours=20)) is True
     assert RepositoryMetadata.objects.filter(repository="image", role="timestamp").count() == versions + 1
     assert AuditEvent.objects.filter(action="ota.timestamp.resign").exists()
+
+
+def test_targets_and_snapshot_are_resigned_before_they_expire(update_repo, tmp_path):
+    """Weeks without a release must not let image targets expire on the devices."""
+    from fleet_agent.uptane import UptaneClient
+    from ota import services
+    from tests.ota.conftest import ClientFetcher, enrolled, trust_for
+
+    device, token = enrolled("cam-expiry")
+    services.director_assign(device_ids=[device.id], artifact=release())
+    before = RepositoryMetadata.objects.filter(repository="image", role="targets").order_by("-version").first()
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=16)
+    assert services.timestamp_refresh(now=later) is True
+    after = RepositoryMetadata.objects.filter(repository="image", role="targets").order_by("-version").first()
+    assert after.version == before.version + 1 and after.expires_at > before.expires_at + dt.timedelta(days=15)
+    client = UptaneClient(
+        trust_for(device, token), tmp_path / "tuf", image_fetcher=ClientFetcher(), director_fetcher=ClientFetcher(token)
+    )
+    assert client.check() is not None

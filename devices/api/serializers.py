@@ -144,6 +144,7 @@ class EnrollOutputSerializer(serializers.Serializer):
     mqtt_url = serializers.CharField()
     api_url = serializers.CharField()
     update_trust = UpdateTrustSerializer()
+    policy_public_key = serializers.CharField(help_text="PEM Ed25519 key that signs the device's LLM policy.")
 
 
 class CertificateRenewInputSerializer(serializers.Serializer):

@@ -17,6 +17,7 @@ from devices.permissions import IsDevice
 from fleet.api.pagination import IdCursorPagination
 from fleet.services import Actor
 from ota.selectors import update_trust_bootstrap
+from policies.signing import policy_public_key_pem
 
 
 def _actor(request) -> Actor:
@@ -170,6 +171,8 @@ class EnrollView(APIView):
             "api_url": settings.PUBLIC_URL,
             # The two trusted update roots and repository URLs (docs/updates.md, "Device update flow").
             "update_trust": update_trust_bootstrap(),
+            # Devices verify their signed LLM policy (devices/{id}/policy) with this key.
+            "policy_public_key": policy_public_key_pem(),
         }
         return Response(body, status=status.HTTP_201_CREATED)
 

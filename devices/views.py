@@ -35,6 +35,7 @@ from fleet.console import (
 )
 from fleet.errors import ApiError
 from fleet.models import AuditEvent
+from ota.views import device_updates
 from policies.views import device_policy
 from telemetry import histogram
 from telemetry.models import InferenceRollup
@@ -313,6 +314,7 @@ def device_detail(request, device_id: str):
             "windows": list(CHART_WINDOWS),
             "inference": inference_series(device_id=device.id, window=window, now=now),
             "heartbeats": _heartbeats(device.id, window, now),
+            "updates": device_updates(device.id),
             **device_policy(request, device),
         }
     return render_page(request, "devices/device_detail.html", "devices/_device_presence.html", context)

@@ -16,6 +16,7 @@ urlpatterns = [
     # Console pages: the shell here, each app's pages from its console_urls.py.
     path("", views.dashboard, name="dashboard"),
     path("", include("devices.console_urls")),
+    path("", include("ota.console_urls")),
     path("", include("policies.console_urls")),
     path("", include("telemetry.console_urls")),
 ]

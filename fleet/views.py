@@ -6,6 +6,7 @@ from django.http import JsonResponse
 from devices.models import Device, DeviceStatus
 from fleet.console import render_page, viewer_required
 from fleet.models import AuditEvent
+from ota.views import dashboard_updates
 from telemetry.views import ingest_summary
 
 DASHBOARD_POLL_SECONDS = 10
@@ -55,6 +56,7 @@ def dashboard(request):
     context = {
         **fleet_counts(),
         "ingest": ingest_summary(),
+        **dashboard_updates(),
         "recent_audit": AuditEvent.objects.all()[:15],
         "poll_seconds": DASHBOARD_POLL_SECONDS,
     }

@@ -183,6 +183,32 @@ def add_policies(*, group) -> None:
         celery_app.conf.task_always_eager = previous
 
 
+def start_a_rollout(hardware: list[str]) -> None:
+    """The fleet's cameras on detector 1.4.0, and a rollout of 1.5.0 in its first stage."""
+    from django.db import transaction
+
+    from fleet.services import Actor
+    from ota import rollouts
+    from ota import services as ota_services
+    from tests.ota.conftest import release
+
+    system = Actor.system("tests")
+    v1 = release(version="1.4.0", hardware=tuple(hardware))
+    ota_services.director_assign(device_ids=[f"cam-{n:03d}" for n in range(61)], artifact=v1)
+    v2 = release(version="1.5.0", hardware=tuple(hardware))
+    gates = {"error_rate": {"threshold": 0.02, "min_samples": 50}}
+    rollout = rollouts.rollout_create(
+        actor=system,
+        name="detector 1.5 canary",
+        artifact=v2,
+        selector={},
+        stages=[{"share": share, "soak_seconds": 1800, "gates": gates} for share in (0.1, 0.5, 1.0)],
+    )
+    with transaction.atomic():
+        rollouts.rollout_start(actor=system, rollout=rollout)
+    rollouts.rollout_evaluate(rollout=rollout)
+
+
 def test_operator_first_day_token_enroll_approve_tag_revoke(page_for, live_server):
     page = page_for(Role.OPERATOR)
     screenshot(page, "dashboard-empty")
@@ -304,7 +330,7 @@ def test_viewer_finds_no_write_control_and_a_forged_post_is_refused(page_for, li
     assert Device.objects.get(pk="cam-wait-1").status == DeviceStatus.PENDING
 
 
-def test_device_list_pages_through_a_larger_fleet_with_next_and_previous(page_for):
+def test_device_list_pages_through_a_larger_fleet_with_next_and_previous(page_for, update_repository):
     from devices import services
     from fleet.services import Actor
     from tests.factories import make_device, make_token
@@ -324,6 +350,7 @@ def test_device_list_pages_through_a_larger_fleet_with_next_and_previous(page_fo
     add_inference_history("cam-001")
     add_heartbeats_and_dead_letters("cam-001")
     add_policies(group=sites[1])
+    start_a_rollout(hardware)
 
     page = page_for(Role.OPERATOR)
     expect(page.locator('[data-counter="pending"]')).to_have_text("3")
@@ -358,6 +385,85 @@ def test_device_list_pages_through_a_larger_fleet_with_next_and_previous(page_fo
     page.select_option("select[name=reason]", "")
     expect(page.locator("tr[data-letter]")).to_have_count(3)
     screenshot(page, "telemetry")
+
+
+@pytest.fixture
+def update_repository(transactional_db, monkeypatch):
+    from fleet.celery import app as celery_app
+    from fleet.services import Actor
+    from ota import services as ota_services
+
+    previous = celery_app.conf.task_always_eager
+    celery_app.conf.task_always_eager = True
+    monkeypatch.setattr("fleet.mqtt.publish_retained", lambda messages: None)
+    ota_services.repositories_init(actor=Actor.system("tests"), root_keys=3, root_threshold=2)
+    yield
+    celery_app.conf.task_always_eager = previous
+
+
+def test_operator_previews_starts_watches_pauses_and_rolls_back_a_rollout(page_for, update_repository, monkeypatch):
+    from ota import rollouts
+    from ota import services as ota_services
+    from ota.models import Rollout, RolloutState
+    from tests.ota.conftest import release
+
+    monkeypatch.setattr("ota.views.ROLLOUT_POLL_SECONDS", 1)
+    Device.objects.bulk_create(
+        [Device(id=f"cam-{n:03d}", hardware_class="rpi4", status=DeviceStatus.ACTIVE) for n in range(200)]
+    )
+    v1 = release(version="1.0.0")
+    ota_services.director_assign(device_ids=[f"cam-{n:03d}" for n in range(200)], artifact=v1)
+    v2 = release(version="2.0.0")
+    page = page_for(Role.OPERATOR)
+
+    page.click("nav >> text=Rollouts")
+    page.click("summary:has-text('New rollout')")
+    page.fill("#rollout-form input[name=name]", "detector 2.0 to line 3")
+    page.select_option("#rollout-form select[name=artifact]", str(v2.pk))
+    page.fill("#rollout-form input[name=shares]", "5, 25, 100")
+    page.click("button:has-text('Preview stage sizes')")
+    sizes = page.locator("[data-stage-size]")
+    expect(sizes).to_have_count(3)
+    assert sum(int(n) for n in sizes.all_inner_texts()) == 200
+    screenshot(page, "rollout-new")
+    assert not Rollout.objects.exists()  # a preview writes nothing
+    page.click("button:has-text('Create draft')")
+    expect(page.locator("[data-rollout-state]")).to_have_text("Draft")
+
+    page.click("a:has-text('Start…')")
+    page.click("button:has-text('Start')")
+    expect(page.locator("[data-rollout-state]")).to_have_text("Running")
+    expect(page.locator('tr[data-stage="0"]')).to_have_class("current")
+    rollout = Rollout.objects.get()
+
+    # The first cohort installs and reports; the gate tick evaluates. The page follows without a reload.
+    from django.db import transaction
+
+    now = timezone.now()
+    with transaction.atomic():  # as the ingest worker's batch
+        for device_id in rollout.devices.filter(stage=0).values_list("device_id", flat=True):
+            ota_services.update_status_record(
+                report=ota_services.StatusReport(
+                    device_id=device_id, seq=1, ts=now, target=v2.target_path, state="succeeded"
+                ),
+                received_at=now,
+            )
+    rollouts.rollout_evaluate(rollout=rollout, now=now)
+    expect(page.locator('tr[data-stage="0"] [data-state="succeeded"]')).to_be_visible(timeout=10_000)
+    expect(page.locator('tr[data-gate="error_rate"]')).to_be_visible(timeout=10_000)
+    screenshot(page, "rollout")
+
+    page.click("a:has-text('Advance now…')")
+    page.click("button:has-text('Advance now')")
+    expect(page.locator('tr[data-stage="1"]')).to_have_class("current")
+    page.click("button:has-text('Pause')")
+    expect(page.locator("[data-rollout-state]")).to_have_text("Paused")
+    page.click("a:has-text('Roll back…')")
+    expect(page.locator("h1")).to_contain_text("Roll back detector 2.0 to line 3?")
+    page.click("button:has-text('Roll back')")
+    expect(page.locator("[data-rollout-state]")).to_have_text("Rolled back")
+    rollout.refresh_from_db()
+    assert rollout.state == RolloutState.ROLLED_BACK
 
 
 def test_operator_edits_a_policy_sees_a_validation_error_then_saves(page_for, monkeypatch):

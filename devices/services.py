@@ -13,6 +13,7 @@ from django.utils import timezone
 from devices import authority
 from devices.ca import CsrError, cert_pem, check_csr
 from devices.models import Device, DeviceCertificate, DeviceGroup, DeviceStatus, EnrollmentToken, Tag
+from devices.tasks import crl_refresh
 from fleet.errors import ApiError
 from fleet.services import Actor, audit_record
 from fleet_agent.protocol import is_valid_device_id
@@ -342,6 +343,8 @@ def device_revoke(*, actor: Actor, device: Device, reason: str = "") -> Device:
             before={"status": before},
             after={"status": DeviceStatus.REVOKED, "reason": reason, "revoked_certificates": revoked_serials},
         )
+        # The broker must refuse the revoked certificates: rewrite its CRL once this is committed.
+        transaction.on_commit(crl_refresh.delay)
     return device
 
 

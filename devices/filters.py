@@ -1,6 +1,7 @@
 import django_filters
 
 from devices.models import Device, DeviceStatus
+from fleet.api.fields import UtcIsoDateTimeFilter
 
 
 class DeviceFilterSet(django_filters.FilterSet):
@@ -12,8 +13,8 @@ class DeviceFilterSet(django_filters.FilterSet):
     hardware_class = django_filters.CharFilter()
     runtime = django_filters.CharFilter()
     online = django_filters.BooleanFilter()
-    last_seen_after = django_filters.IsoDateTimeFilter(field_name="last_seen_at", lookup_expr="gte")
-    last_seen_before = django_filters.IsoDateTimeFilter(field_name="last_seen_at", lookup_expr="lt")
+    last_seen_after = UtcIsoDateTimeFilter(field_name="last_seen_at", lookup_expr="gte")
+    last_seen_before = UtcIsoDateTimeFilter(field_name="last_seen_at", lookup_expr="lt")
     id_prefix = django_filters.CharFilter(field_name="id", lookup_expr="startswith")
 
     class Meta:

@@ -1,6 +1,7 @@
 from rest_framework import serializers
 
 from devices.models import Device, DeviceGroup, EnrollmentToken
+from fleet.api.fields import UtcDateTimeField
 from fleet_agent.protocol import DEVICE_ID_PATTERN
 
 
@@ -112,7 +113,7 @@ class EnrollmentTokenCreateSerializer(serializers.Serializer):
     )
     tags = tag_list()
     max_uses = serializers.IntegerField(min_value=1, max_value=10_000_000, default=1)
-    expires_at = serializers.DateTimeField(required=False, allow_null=True)
+    expires_at = UtcDateTimeField(required=False, allow_null=True)
     auto_accept = serializers.BooleanField(default=True)
 
 

@@ -95,15 +95,20 @@ def _check_role(role: str) -> None:
         raise ApiError("role_invalid", f"Role must be one of {', '.join(Role.values)}.", field="role")
 
 
-def _lock_other_active_admins(user: User) -> int:
-    """How many active admins exist besides ``user``, with their rows locked.
+def _lock_active_admins() -> set[int]:
+    """The ids of the active admins, their rows locked, always in id order.
 
     Two admins demoting or deactivating each other at once would each see the other still active and
-    both succeed, leaving no admin. Locking every active admin row first serialises them: the second
-    transaction waits, then counts again.
+    both succeed, leaving no admin. Every role or activity change locks all active admin rows first, in
+    one order (so two such changes cannot deadlock): the second waits for the first to commit, then
+    reads the admins that are left.
     """
-    others = User.objects.select_for_update().filter(role=Role.ADMIN, is_active=True).exclude(pk=user.pk)
-    return len(list(others.values_list("pk", flat=True)))
+    return set(
+        User.objects.select_for_update()
+        .filter(role=Role.ADMIN, is_active=True)
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
 
 
 @transaction.atomic
@@ -143,10 +148,11 @@ def operator_create(
 @transaction.atomic
 def operator_set_role(*, actor: Actor, user: User, role: str) -> User:
     _check_role(role)
+    admins = _lock_active_admins()
     user = User.objects.select_for_update().get(pk=user.pk)
     if user.role == role:
         return user
-    if user.role == Role.ADMIN and user.is_active and _lock_other_active_admins(user) == 0:
+    if user.role == Role.ADMIN and user.is_active and not admins - {user.pk}:
         raise ApiError(
             "last_admin", "This is the last active admin; make another admin first.", status_code=409, field="role"
         )
@@ -169,10 +175,11 @@ def operator_set_role(*, actor: Actor, user: User, role: str) -> User:
 def operator_deactivate(*, actor: Actor, user: User) -> User:
     """Disable an account: no console login, and its API token is deleted (not just disabled), so
     reactivating an account never revives a token that may have leaked."""
+    admins = _lock_active_admins()
     user = User.objects.select_for_update().get(pk=user.pk)
     if not user.is_active:
         return user
-    if user.role == Role.ADMIN and _lock_other_active_admins(user) == 0:
+    if user.role == Role.ADMIN and not admins - {user.pk}:
         raise ApiError("last_admin", "This is the last active admin; make another admin first.", status_code=409)
     before = _operator_snapshot(user)
     user.is_active = False

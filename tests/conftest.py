@@ -19,6 +19,16 @@ def fast_password_hashing():
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
+@pytest.fixture(autouse=True)
+def fresh_device_ca():
+    """Each test's database starts without a CA (rolled back): forget the one a previous test loaded."""
+    from devices import authority
+
+    authority.clear_cache()
+    yield
+    authority.clear_cache()
+
+
 @pytest.fixture
 def test_database_url(django_db_setup, postgres_server) -> str:
     """The URL of the test database, for processes the test starts (workers, servers)."""

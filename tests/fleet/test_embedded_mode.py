@@ -44,3 +44,15 @@ def test_fresh_state_dir_migrates_and_prints_a_first_login(tmp_path):
     again = manage("ensure_operator", env=env)
     assert "Password:  unchanged" in again.stdout
     assert f"API token: {token.group(1)}" in again.stdout
+
+    # Enrollment's hand-written SQL (UPDATE ... RETURNING) runs on the embedded SQLite too.
+    enrolled = manage(
+        "shell",
+        "-c",
+        "from tests.factories import make_device, make_token; "
+        "result, _ = make_device('cam-1', token=make_token(max_uses=1)); "
+        "print(result.device.status, result.certificate_pem is not None)",
+        env=env,
+    )
+    assert enrolled.returncode == 0, enrolled.stderr
+    assert enrolled.stdout.splitlines()[-1].split() == ["active", "True"], enrolled.stdout

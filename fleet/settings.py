@@ -181,7 +181,9 @@ CELERY_BEAT_SCHEDULE: dict = {}
 
 # MQTT: where devices connect (returned at enrollment) and where the platform's own clients connect.
 MQTT_URL = env_str("MQTT_URL", "mqtts://127.0.0.1:8883")
-MQTT_PLATFORM_URL = env_str("MQTT_PLATFORM_URL", MQTT_URL)
+MQTT_PLATFORM_URL = env_str("MQTT_PLATFORM_URL", "mqtts://127.0.0.1:8884")
+# Folder with the broker's CA files and the platform clients' certificates (see fleet/broker.py).
+MQTT_TLS_DIR = Path(env_str("MQTT_TLS_DIR", str(STATE_DIR / "broker")))
 
 # Device identity.
 DEVICE_CERT_DAYS = env_int("FLEET_DEVICE_CERT_DAYS", 90, minimum=1)

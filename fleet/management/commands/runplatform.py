@@ -16,6 +16,9 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
+from fleet.broker import broker_setup, mosquitto_binary
+from fleet.mqtt import broker_address
+
 
 @dataclass
 class Child:
@@ -31,7 +34,17 @@ def manage(*args: str) -> list[str]:
 
 def platform_children(*, host: str, port: int) -> list[Child]:
     """The processes of the embedded platform, in start order."""
+    device_host, device_port, _ = broker_address(settings.MQTT_URL)
+    _platform_host, platform_port, _ = broker_address(settings.MQTT_PLATFORM_URL)
+    config = broker_setup(
+        state_dir=settings.MQTT_TLS_DIR.resolve(),
+        server_names=sorted({"localhost", "127.0.0.1", device_host}),
+        device_port=device_port,
+        platform_port=platform_port,
+        bind_address=device_host,
+    )
     return [
+        Child("broker", [mosquitto_binary(), "-c", str(config)]),
         Child("web", manage("runserver", f"{host}:{port}", "--noreload")),
     ]
 

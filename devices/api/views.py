@@ -55,6 +55,10 @@ class DeviceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
     def get_serializer_class(self):
         return s.DeviceDetailSerializer if self.action == "retrieve" else s.DeviceSerializer
 
+    def paginate_queryset(self, queryset):
+        page = super().paginate_queryset(queryset)
+        return selectors.with_tag_names(page) if page is not None else None
+
     @extend_schema(request=s.DeviceUpdateSerializer, responses=s.DeviceDetailSerializer)
     def partial_update(self, request, pk=None):
         device = self.get_object()

@@ -3,7 +3,7 @@ import datetime as dt
 from rest_framework import serializers
 
 from devices.models import Device, DeviceGroup, EnrollmentToken
-from fleet.api.fields import UtcDateTimeField
+from fleet.api.fields import NameRelatedField, UtcDateTimeField
 from fleet_agent.protocol import DEVICE_ID_PATTERN
 
 
@@ -102,9 +102,7 @@ class DeviceDetailSerializer(DeviceSerializer):
 
 class DeviceUpdateSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=200, required=False, allow_blank=True)
-    group = serializers.SlugRelatedField(
-        slug_field="name", queryset=DeviceGroup.objects.all(), required=False, allow_null=True
-    )
+    group = NameRelatedField(slug_field="name", queryset=DeviceGroup.objects.all(), required=False, allow_null=True)
     tags = tag_list()
 
 
@@ -114,9 +112,7 @@ class DeviceBulkUpdateSerializer(serializers.Serializer):
     )
     add_tags = tag_list()
     remove_tags = tag_list()
-    group = serializers.SlugRelatedField(
-        slug_field="name", queryset=DeviceGroup.objects.all(), required=False, allow_null=True
-    )
+    group = NameRelatedField(slug_field="name", queryset=DeviceGroup.objects.all(), required=False, allow_null=True)
 
 
 class DeviceRevokeSerializer(serializers.Serializer):
@@ -149,9 +145,7 @@ class EnrollmentTokenSerializer(serializers.ModelSerializer):
 
 class EnrollmentTokenCreateSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=200)
-    group = serializers.SlugRelatedField(
-        slug_field="name", queryset=DeviceGroup.objects.all(), required=False, allow_null=True
-    )
+    group = NameRelatedField(slug_field="name", queryset=DeviceGroup.objects.all(), required=False, allow_null=True)
     tags = tag_list()
     max_uses = serializers.IntegerField(min_value=1, max_value=10_000_000, default=1)
     expires_at = UtcDateTimeField(required=False, allow_null=True)

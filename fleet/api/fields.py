@@ -44,3 +44,14 @@ class _UtcIsoDateTimeFormField(django_filters.fields.IsoDateTimeField):
 
 class UtcIsoDateTimeFilter(django_filters.IsoDateTimeFilter):
     field_class = _UtcIsoDateTimeFormField
+
+
+class NameRelatedField(serializers.SlugRelatedField):
+    """A related object named by a slug (``group: "plant-a"``). DRF's field passes the value straight to
+    a query; PostgreSQL refuses text with NUL bytes with an error instead of "no match", so such a name
+    is refused here as the unknown name it is."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, str) and "\x00" in data:
+            self.fail("does_not_exist", slug_name=self.slug_field, value=data.replace("\x00", "\\x00"))
+        return super().to_internal_value(data)

@@ -73,8 +73,12 @@ def _with_real_objects(case, path_values: dict[str, list[str]]) -> bool:
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
-def test_no_operation_answers_with_a_server_error(case, seeded_world):
+def test_no_operation_answers_with_a_server_error(case, seeded_world, caplog):
     headers = {"Authorization": f"Token {seeded_world['token']}"}
     case.call_and_validate(headers=headers, checks=[not_a_server_error])
     if _with_real_objects(case, seeded_world["path_values"]):
         case.call_and_validate(headers=headers, checks=[not_a_server_error])
+    # The error handler turns a database DataError into a 400 as a safety net; for the fuzz run it is
+    # still a bug (validation let the value through), so it fails here.
+    refused = [r.getMessage() for r in caplog.records if r.name == "fleet.api.errors"]
+    assert not refused, refused

@@ -15,6 +15,11 @@ READS = [
     ("get", "/api/v1/enrollment-tokens/{token_id}/", None),
     ("get", "/api/v1/audit-events/", None),
     ("get", "/api/v1/me/", None),
+    ("get", "/api/v1/policies/", None),
+    ("get", "/api/v1/policies/{policy_id}/", None),
+    ("get", "/api/v1/devices/cam-0001/effective-policy/", None),
+    ("get", "/api/v1/devices/cam-0001/llm-usage/", None),
+    ("get", "/api/v1/llm-usage/", None),
 ]
 WRITES = [
     ("post", "/api/v1/groups/", {"name": "new-group"}),
@@ -27,6 +32,10 @@ WRITES = [
     ("post", "/api/v1/devices/cam-0001/revoke/", {"reason": "test"}),
     ("post", "/api/v1/enrollment-tokens/", {"name": "batch"}),
     ("post", "/api/v1/enrollment-tokens/{token_id}/revoke/", None),
+    ("post", "/api/v1/policies/", {"scope": "group", "group": "plant-a", "document": {}}),
+    ("put", "/api/v1/policies/{policy_id}/", {"document": {"tasks": {}}}),
+    ("patch", "/api/v1/policies/{policy_id}/", {"document": {"tasks": {}}}),
+    ("delete", "/api/v1/policies/{policy_id}/", None),
 ]
 ADMIN = [
     ("get", "/api/v1/operators/", None),
@@ -44,6 +53,7 @@ PUBLIC = {
 DEVICE_ONLY = [
     ("get", "/api/v1/device/", None),
     ("post", "/api/v1/device/certificate/", {"csr": "x"}),
+    ("get", "/api/v1/device/policy/", None),
 ]
 COVERED_PREFIXES = (
     "/api/v1/devices",
@@ -55,6 +65,8 @@ COVERED_PREFIXES = (
     "/api/v1/enroll",
     "/api/v1/device",
     "/api/v1/ca",
+    "/api/v1/policies",
+    "/api/v1/llm-usage",
 )
 OPERATOR_ENDPOINTS = READS + WRITES + ADMIN
 

@@ -162,6 +162,7 @@ class ClaimedToken:
     id: int
     group_id: int | None
     auto_accept: bool
+    has_tags: bool  # lets enrollment skip reading the tags of the (common) token without any
 
 
 def _claim_token_use(secret: str) -> ClaimedToken:
@@ -178,6 +179,7 @@ def _claim_token_use(secret: str) -> ClaimedToken:
     token_hash = hash_secret(secret)
     now = timezone.now()
     table = EnrollmentToken._meta.db_table
+    tags_table = EnrollmentToken.tags.through._meta.db_table
     with connection.cursor() as cursor:
         # Plain SQL because the ORM's update() cannot return columns; RETURNING works on PostgreSQL
         # and on the SQLite of the embedded run (3.35+).
@@ -185,12 +187,13 @@ def _claim_token_use(secret: str) -> ClaimedToken:
             f"UPDATE {table} SET uses = uses + 1 "  # noqa: S608 - the table name comes from the model
             "WHERE token_hash = %s AND revoked_at IS NULL AND uses < max_uses "
             "AND (expires_at IS NULL OR expires_at > %s) "
-            "RETURNING id, group_id, auto_accept",
+            f"RETURNING id, group_id, auto_accept, EXISTS (SELECT 1 FROM {tags_table} "
+            f"WHERE {tags_table}.enrollmenttoken_id = {table}.id)",
             [token_hash, now],
         )
         row = cursor.fetchone()
     if row is not None:
-        return ClaimedToken(id=row[0], group_id=row[1], auto_accept=bool(row[2]))
+        return ClaimedToken(id=row[0], group_id=row[1], auto_accept=bool(row[2]), has_tags=bool(row[3]))
     token = EnrollmentToken.objects.filter(token_hash=token_hash).first()
     if token is None:
         raise ApiError("token_unknown", "The enrollment token is not known.", status_code=401, field="token")
@@ -272,12 +275,13 @@ def device_enroll(
                 pending_csr_pem="" if active else csr_pem,
                 enrollment_token_id=enrollment_token.id,
             )
-            tag_ids = EnrollmentToken.tags.through.objects.filter(enrollmenttoken_id=enrollment_token.id).values_list(
-                "tag_id", flat=True
-            )
-            Device.tags.through.objects.bulk_create(
-                [Device.tags.through(device_id=final_id, tag_id=tag_id) for tag_id in tag_ids]
-            )
+            if enrollment_token.has_tags:
+                tag_ids = EnrollmentToken.tags.through.objects.filter(
+                    enrollmenttoken_id=enrollment_token.id
+                ).values_list("tag_id", flat=True)
+                Device.tags.through.objects.bulk_create(
+                    [Device.tags.through(device_id=final_id, tag_id=tag_id) for tag_id in tag_ids]
+                )
             certificate = None
             ca = authority.active_ca()
             if active:

@@ -144,7 +144,7 @@ STORAGES = {
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "fleet.api.authentication.OperatorTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
         "devices.authentication.DeviceTokenAuthentication",
     ],

@@ -29,6 +29,11 @@ def can_write(request: HttpRequest) -> bool:
     return user.is_authenticated and user.has_role(Role.OPERATOR)
 
 
+def can_admin(request: HttpRequest) -> bool:
+    user = request.user
+    return user.is_authenticated and user.has_role(Role.ADMIN)
+
+
 def viewer_required(view: Callable) -> Callable:
     """Any logged-in operator account (viewer and up); anonymous users go to the login page."""
     return login_required(view)
@@ -42,6 +47,18 @@ def operator_required(view: Callable) -> Callable:
     def checked(request: HttpRequest, *args, **kwargs):
         if not can_write(request):
             raise PermissionDenied("This action needs the operator role.")
+        return view(request, *args, **kwargs)
+
+    return login_required(checked)
+
+
+def admin_required(view: Callable) -> Callable:
+    """What the API keeps for admins (e.g. revoking a release): the admin role, 403 for anyone else."""
+
+    @wraps(view)
+    def checked(request: HttpRequest, *args, **kwargs):
+        if not can_admin(request):
+            raise PermissionDenied("This action needs the admin role.")
         return view(request, *args, **kwargs)
 
     return login_required(checked)
@@ -69,7 +86,7 @@ def render_page(
     The page template includes the fragment template, so both render the same markup. A page without a
     fragment (``None``) always renders whole, e.g. the answer to a plain form post.
     """
-    context = {"can_write": can_write(request), **context}
+    context = {"can_write": can_write(request), "can_admin": can_admin(request), **context}
     template = fragment_template if fragment_template and is_htmx(request) else page_template
     response = render(request, template, context, status=status)
     patch_vary_headers(response, ["HX-Request"])  # a cache must not answer a page request with a fragment

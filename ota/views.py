@@ -9,7 +9,15 @@ from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from fleet.console import actor_of, error_message, keyset_page, operator_required, render_page, viewer_required
+from fleet.console import (
+    actor_of,
+    admin_required,
+    error_message,
+    keyset_page,
+    operator_required,
+    render_page,
+    viewer_required,
+)
 from fleet.errors import ApiError
 from fleet.models import AuditEvent
 from ota import rollouts, selectors, services
@@ -31,7 +39,7 @@ def releases(request):
     return render_page(request, "ota/releases.html", "ota/_release_list.html", {"page": page})
 
 
-@operator_required
+@admin_required  # as the API: revoking a release is an admin's decision
 @require_http_methods(["GET", "POST"])
 def release_revoke(request, artifact_id: int):
     artifact = get_object_or_404(Artifact, pk=artifact_id)

@@ -4,14 +4,16 @@ cohort progress, gates against thresholds), and every rollout action through the
 import re
 
 import pytest
+from django.test import Client
 from django.utils import timezone
 
 from devices.models import Device, DeviceStatus
 from fleet.celery import app as celery_app
-from fleet.models import AuditEvent
+from fleet.models import AuditEvent, Role
 from fleet.services import Actor
 from ota import rollouts, services
 from ota.models import Artifact, DirectorState, Rollout, RolloutState
+from tests.factories import make_operator
 from tests.ota.conftest import release
 
 pytestmark = pytest.mark.django_db
@@ -57,15 +59,26 @@ def form_for(artifact: Artifact, **overrides) -> dict:
     }
 
 
-def test_releases_page_shows_hashes_and_revoking_needs_confirmation(operator_client, repo):
+@pytest.fixture
+def admin_client(db) -> Client:
+    user, _token = make_operator(role=Role.ADMIN)
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_releases_page_shows_hashes_and_only_an_admin_revokes_after_confirmation(admin_client, operator_client, repo):
     artifact = release(version="1.0.0")
     page = html(operator_client.get("/releases/"))
     assert artifact.sha256[:16] in page
     assert artifact.target_path in page
-    assert operator_client.get(f"/releases/{artifact.pk}/revoke/").status_code == 200
+    assert "Revoke…" not in page  # as in the API, revoking a release is for admins
+    assert operator_client.post(f"/releases/{artifact.pk}/revoke/", {"confirmed": "yes"}).status_code == 403
+    assert "Revoke…" in html(admin_client.get("/releases/"))
+    assert admin_client.get(f"/releases/{artifact.pk}/revoke/").status_code == 200
     artifact.refresh_from_db()
     assert artifact.revoked_at is None
-    operator_client.post(f"/releases/{artifact.pk}/revoke/", {"confirmed": "yes", "reason": "bad weights"})
+    admin_client.post(f"/releases/{artifact.pk}/revoke/", {"confirmed": "yes", "reason": "bad weights"})
     artifact.refresh_from_db()
     assert artifact.revoked_at is not None
 

@@ -16,6 +16,8 @@ from the switch on, the new slot is not trusted until it passed its health check
 interrupted one is reverted to the previous slot.
 """
 
+import hashlib
+import json
 import logging
 import os
 import shlex
@@ -90,6 +92,12 @@ class NoUpdateSource:
 
     def download(self, update: VerifiedUpdate, dest: Path) -> None:
         raise UpdateRejected("no_update_source", "no update source is configured", update.target)
+
+
+def fingerprint(update: VerifiedUpdate) -> str:
+    """Identifies one assignment: a rejected one is not retried, but the same artifact assigned anew
+    (e.g. a director-signed rollback) is a different assignment."""
+    return hashlib.sha256(json.dumps(asdict(update), sort_keys=True).encode()).hexdigest()
 
 
 Reporter = Callable[..., None]  # report(state, target, reason="", detail="")
@@ -224,13 +232,13 @@ class Updater:
             active = self.store.active()
             if active and active.manifest.get("sha256") == update.sha256:
                 return None  # already running it
-            if update.sha256 in self._history()["rejected"]:
+            if fingerprint(update) in self._history()["rejected"]:
                 return None  # reported already; a new assignment is needed to try again
-            journal = self._phase({"update": asdict(update)}, ASSIGNED)
+            journal = self._phase({"update": asdict(update), "fingerprint": fingerprint(update)}, ASSIGNED)
             self.report(ASSIGNED, update.target)
             problem = self._precheck(update, active.manifest if active else None)
             if problem:
-                self._remember(rejected=update.sha256)
+                self._remember(rejected=fingerprint(update))
                 return self._finish(journal, Outcome(FAILED, *problem))
             return self._download_and_install(journal, update)
 
@@ -255,7 +263,7 @@ class Updater:
             self.source.download(update, part)
         except UpdateRejected as exc:
             part.unlink(missing_ok=True)
-            self._remember(rejected=update.sha256)
+            self._remember(rejected=fingerprint(update))
             return self._finish(journal, Outcome(FAILED, exc.reason, exc.detail))
         except OSError as exc:
             # Transient (network, disk): keep the partial file, try again at the next check.
@@ -270,7 +278,7 @@ class Updater:
         length, sha256 = file_digest(part, limit=update.length) if part.exists() else (0, "")
         if length != update.length or sha256 != update.sha256:
             part.unlink(missing_ok=True)
-            self._remember(rejected=update.sha256)
+            self._remember(rejected=fingerprint(update))
             reason = "length_mismatch" if length != update.length else "hash_mismatch"
             return self._finish(journal, Outcome(FAILED, reason, f"got {length} bytes, sha256 {sha256[:16]}"))
 
@@ -283,7 +291,7 @@ class Updater:
         try:
             self.store.install(slot, part, manifest)
         except (OSError, ValueError) as exc:
-            self._remember(rejected=update.sha256)
+            self._remember(rejected=fingerprint(update))
             return self._finish(journal, Outcome(FAILED, "install_failed", str(exc)[:300]))
 
         journal = self._phase(journal, SWITCHING)
@@ -322,7 +330,7 @@ class Updater:
         else:  # the first model ever failed: better no model than an unhealthy one
             self.store.current_link.unlink(missing_ok=True)
             fsync_dir(self.store.root)
-        self._remember(rejected=journal["update"]["sha256"])
+        self._remember(rejected=journal.get("fingerprint", ""))
         return self._finish(journal, Outcome(ROLLED_BACK, reason, detail))
 
     # -- probation -----------------------------------------------------------------------------------
@@ -369,7 +377,7 @@ class Updater:
             # download) unless this update keeps getting interrupted.
             history = self._remember(attempt=sha)
             if history["attempts"].get(sha, 0) >= MAX_INTERRUPTED_ATTEMPTS:
-                self._remember(rejected=sha)
+                self._remember(rejected=journal.get("fingerprint", ""))
             self._clear()
             self.report(FAILED, target, f"interrupted_{phase}", "the agent stopped during this phase")
             return Outcome(FAILED, f"interrupted_{phase}")

@@ -1,0 +1,101 @@
+"""Power loss during an update: kill -9 the device process at random instants of download, verify,
+install, switch and health check. Every time, the next start must run a verified model, hold no update
+in progress, and have the outcome queued for the platform."""
+
+import dataclasses
+import json
+import random
+import subprocess
+import sys
+import time
+
+import pytest
+
+from fleet_agent.slots import SlotStore
+from tests.agent.conftest import outbox_messages
+from tests.agent.fakes import make_artifact, update_for
+
+TERMINAL = {"succeeded", "failed", "rolled_back"}
+
+
+@pytest.fixture
+def device(tmp_path, store):
+    artifact = make_artifact(tmp_path / "repo", size=1024 * 1024, selftest="sleep 0.1; exit 0")
+    spec = {
+        "update": dataclasses.asdict(update_for(artifact)),
+        "serve": str(artifact),
+        "chunk": 16 * 1024,
+        "delay_s": 0.004,
+    }
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    return tmp_path
+
+
+def run_device(state, *args, kill_after: float | None = None) -> str:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.agent.update_runner", str(state), str(state / "spec.json"), *args],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout.readline().strip() == "ready"
+    if kill_after is None:
+        process.wait(timeout=120)
+        return "completed"
+    time.sleep(kill_after)
+    process.kill()
+    process.wait()
+    return "killed"
+
+
+def phase_at_kill(state) -> str:
+    journal = state / "models" / "journal.json"
+    return json.loads(journal.read_text())["phase"] if journal.exists() else "idle"
+
+
+def check_after_restart(state) -> str:
+    run_device(state, "--recover-only")
+    store = SlotStore(state / "models")
+    active = store.active_slot()
+    assert active is not None and store.verify(active), "the active model must be verified"
+    assert not (store.root / "journal.json").exists()
+    reports = list(outbox_messages(state / "queue.db", "ota/status"))
+    states = [r["state"] for r in reports]
+    if store.active().version == "2.0.0":
+        assert "succeeded" in states  # the new model is only active once committed and reported
+    if states:
+        assert states[-1] in TERMINAL, f"the platform must learn the outcome, got {states}"
+    return store.active().version
+
+
+def trials(device, count: int, seed: int) -> dict:
+    start = time.monotonic()
+    run_device(device)  # one uninterrupted update, to measure how long a full one takes
+    full = time.monotonic() - start
+    rng = random.Random(seed)
+    phases: dict[str, int] = {}
+    for _ in range(count):
+        # Back to 1.0.0 on slot a, no history, nothing queued: each trial starts from the same device.
+        for path in ("models/journal.json", "models/history.json", "queue.db", "queue.db-wal", "queue.db-shm"):
+            (device / path).unlink(missing_ok=True)
+        store = SlotStore(device / "models")
+        store.switch("a")
+        for part in store.download_dir.iterdir():
+            part.unlink()
+        run_device(device, kill_after=rng.uniform(0, full))
+        phase = phase_at_kill(device)
+        phases[phase] = phases.get(phase, 0) + 1
+        check_after_restart(device)
+    return phases
+
+
+def test_kill_9_at_random_points_of_an_update_always_leaves_a_verified_model(device):
+    phases = trials(device, 10, seed=1)
+    assert sum(phases.values()) == 10
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_points_of_an_update_100_trials(device):
+    phases = trials(device, 120, seed=2)
+    # The kills landed all over the update, not just before it started.
+    print(phases)
+    assert len(set(phases) - {"idle"}) >= 3, phases

@@ -44,3 +44,92 @@ def outbox_messages(path: Path, leaf: str | None = None) -> list[dict]:
         return [json.loads(m.payload) for m in outbox.pending(limit=100000) if leaf is None or m.leaf == leaf]
     finally:
         outbox.close()
+
+
+# -- the real platform: HTTP (live_server) and the broker ------------------------------------------------
+@pytest.fixture
+def platform_url(live_server, mqtt_broker_tx) -> str:
+    """The platform's HTTP API (a live server on the test PostgreSQL) with the broker running."""
+    return live_server.url
+
+
+def enroll_device(platform_url: str, state_dir: Path, device_id: str, *, settings: dict | None = None, **kwargs):
+    from fleet_agent.enroll import enroll
+    from tests.factories import make_token
+
+    enrollment = enroll(
+        server=platform_url,
+        token=make_token(),
+        state_dir=state_dir,
+        device_id=device_id,
+        hardware_class="test-hw",
+        **kwargs,
+    )
+    if settings:
+        (state_dir / "agent.json").write_text(json.dumps(settings))
+    return enrollment
+
+
+class Observer:
+    """A platform-ingest client (the ingest worker's credentials) recording what devices publish. Its
+    session is persistent, so it survives a broker restart without missing messages."""
+
+    def __init__(self, client_id: str = "agent-test-observer"):
+        import queue
+        import threading
+
+        from fleet.mqtt import connect, platform_client
+
+        self.messages: queue.Queue = queue.Queue()
+        self.subscribed = threading.Event()
+        self.client = platform_client("platform-ingest", client_id=client_id, clean_start=False)
+        self.client.reconnect_delay_set(0.1, 0.5)
+        self.client.on_message = lambda _c, _u, m: self.messages.put((m.topic, bytes(m.payload), m.retain))
+        self.client.on_connect = self._subscribe
+        connect(self.client, keepalive=10)
+        self.client.loop_start()
+        assert self.subscribed.wait(10)
+
+    def _subscribe(self, client, _userdata, _flags, reason, _props):
+        if reason == 0:
+            for leaf in ("telemetry", "heartbeat", "status", "ota/status"):
+                client.subscribe(f"devices/+/{leaf}", qos=1)
+            self.subscribed.set()
+
+    def wait_for(self, predicate, timeout: float = 20.0) -> list:
+        """Collect messages until predicate(all collected so far) is true; returns them."""
+        import queue
+        import time
+
+        seen, deadline = [], time.monotonic() + timeout
+        while not predicate(seen):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"timed out; got {[(t, p[:80]) for t, p, _r in seen]}")
+            try:
+                seen.append(self.messages.get(timeout=min(remaining, 0.5)))
+            except queue.Empty:
+                continue
+        return seen
+
+    def close(self):
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def observer(mqtt_broker_tx):
+    import uuid
+
+    obs = Observer(f"agent-obs-{uuid.uuid4().hex[:8]}")
+    yield obs
+    obs.close()
+
+
+def bodies(messages, leaf: str, device: str | None = None) -> list[dict]:
+    """Live (not retained) message bodies of one leaf, of one device or any."""
+    return [
+        json.loads(p)
+        for t, p, retained in messages
+        if not retained and t.endswith(f"/{leaf}") and (device is None or t == f"devices/{device}/{leaf}")
+    ]

@@ -1,8 +1,11 @@
 import json
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from fleet_agent.agent import Agent, AgentSettings
 from fleet_agent.outbox import Outbox
 from fleet_agent.slots import SlotStore
 from fleet_agent.updates import Updater, UpdateSettings, provision
@@ -133,3 +136,46 @@ def bodies(messages, leaf: str, device: str | None = None) -> list[dict]:
         for t, p, retained in messages
         if not retained and t.endswith(f"/{leaf}") and (device is None or t == f"devices/{device}/{leaf}")
     ]
+
+
+FAST = {
+    "heartbeat_interval_s": 0.5,
+    "flush_interval_s": 0.2,
+    "reconnect_min_s": 0.2,
+    "reconnect_max_s": 1.0,
+    "keepalive_s": 5,
+}
+
+
+class Running:
+    """An agent driven by its own loop thread, as `fleet-agent run` does."""
+
+    def __init__(self, state, update_source=None, **settings):
+        self.agent = Agent(state, settings=AgentSettings(**(FAST | settings)), update_source=update_source)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.agent.run, args=(self.stop,))
+        self.thread.start()
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(15)
+
+
+@pytest.fixture
+def running():
+    started = []
+
+    def start(state, update_source=None, **settings):
+        started.append(Running(state, update_source, **settings))
+        return started[-1].agent
+
+    yield start
+    for item in started:
+        item.close()
+
+
+def wait_until(predicate, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)

@@ -7,56 +7,10 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 
-import pytest
-
-from fleet_agent.agent import Agent, AgentSettings
 from fleet_agent.outbox import Outbox
-from tests.agent.conftest import Observer, bodies, enroll_device
-
-FAST = {
-    "heartbeat_interval_s": 0.5,
-    "flush_interval_s": 0.2,
-    "reconnect_min_s": 0.2,
-    "reconnect_max_s": 1.0,
-    "keepalive_s": 5,
-}
-
-
-class Running:
-    """An agent driven by its own loop thread, as `fleet-agent run` does."""
-
-    def __init__(self, state, **settings):
-        self.agent = Agent(state, settings=AgentSettings(**(FAST | settings)))
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.agent.run, args=(self.stop,))
-        self.thread.start()
-
-    def close(self):
-        self.stop.set()
-        self.thread.join(15)
-
-
-@pytest.fixture
-def running():
-    started = []
-
-    def start(state, **settings):
-        started.append(Running(state, **settings))
-        return started[-1].agent
-
-    yield start
-    for item in started:
-        item.close()
-
-
-def wait_until(predicate, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
+from tests.agent.conftest import FAST, Observer, bodies, enroll_device, wait_until
 
 
 def records_of(messages, device_id):

@@ -189,6 +189,6 @@ class Session:
             while not info.is_published() and time.monotonic() < deadline:
                 if client.loop(0.1) != mqtt.MQTT_ERR_SUCCESS:
                     break
-        client.disconnect()
-        self.client = None
+        self.client = None  # first: the disconnect callback must not schedule a reconnect
         self.connected = False
+        client.disconnect()

@@ -13,6 +13,7 @@ Ends with one JSON line: {"bench": "agent", "idle_rss_mb": ..., "records_per_s":
 import argparse
 import hashlib
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -214,6 +215,7 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=30000)
     args = parser.parse_args()
     broker, httpd = start_platform()
+    logging.getLogger("fleet_agent").setLevel(logging.WARNING)  # one line per reconnect x 1,000 devices
     server = f"http://127.0.0.1:{HTTP_PORT}"
     try:
         rss, cpu = bench_idle(server)
@@ -228,6 +230,7 @@ def main() -> None:
         sim_devices, sim_rss = bench_simulator(server, args.sim_devices, args.sim_hold)
         print(f"simulated devices connected and reporting: {sim_devices}/{args.sim_devices}", flush=True)
     finally:
+        shutil.copy(WORK / "mosquitto.log", Path(tempfile.gettempdir()) / "fleet-bench-agent-mosquitto.log")
         httpd.shutdown()
         broker.terminate()
         broker.wait(10)

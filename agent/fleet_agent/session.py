@@ -9,6 +9,7 @@ with no in-flight state; unacknowledged messages are re-sent from the on-disk ou
 
 import logging
 import random
+import select
 import ssl
 import time
 from collections.abc import Callable
@@ -92,9 +93,33 @@ class Session:
             elif timeout:
                 time.sleep(min(timeout, max(0.0, self.next_attempt - time.monotonic())))
             return
-        rc = self.client.loop(timeout)
+        rc = self._io(self.client, timeout)
         if rc != mqtt.MQTT_ERR_SUCCESS and self.client is not None:
             self._lost(f"connection lost ({mqtt.error_string(rc)})")
+
+    @staticmethod
+    def _io(client: mqtt.Client, timeout: float) -> int:
+        """paho's loop() step, on poll() instead of select(): select() fails on descriptors above 1023,
+        which a simulator with hundreds of devices (socket + SQLite files each) reaches quickly."""
+        sock = client.socket()
+        if sock is None:
+            return mqtt.MQTT_ERR_NO_CONN
+        if getattr(sock, "pending", None) and sock.pending():
+            flags = select.POLLIN  # TLS already holds decrypted bytes the kernel no longer sees
+        else:
+            poller = select.poll()
+            poller.register(sock, select.POLLIN | (select.POLLOUT if client.want_write() else 0))
+            ready = poller.poll(int(timeout * 1000))
+            flags = ready[0][1] if ready else 0
+        if flags & (select.POLLIN | select.POLLERR | select.POLLHUP):
+            rc = client.loop_read()
+            if rc != mqtt.MQTT_ERR_SUCCESS or client.socket() is None:
+                return rc or mqtt.MQTT_ERR_CONN_LOST
+        if flags & select.POLLOUT or client.want_write():
+            rc = client.loop_write()
+            if rc != mqtt.MQTT_ERR_SUCCESS:
+                return rc
+        return client.loop_misc()
 
     def _tls_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.ca_file))
@@ -187,7 +212,7 @@ class Session:
             info = client.publish(self.topic("status"), final_payload, qos=1, retain=True)
             deadline = time.monotonic() + timeout
             while not info.is_published() and time.monotonic() < deadline:
-                if client.loop(0.1) != mqtt.MQTT_ERR_SUCCESS:
+                if self._io(client, 0.1) != mqtt.MQTT_ERR_SUCCESS:
                     break
         self.client = None  # first: the disconnect callback must not schedule a reconnect
         self.connected = False

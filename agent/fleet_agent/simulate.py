@@ -109,15 +109,7 @@ class Simulator:
     def _prepare(self, index: int) -> Agent:
         state_dir = self.base_dir / self.device_id(index)
         if (read_json(Paths(state_dir).enrollment) or {}).get("status") != "active":
-            enroll(
-                server=self.server,
-                token=self.token,
-                state_dir=state_dir,
-                device_id=self.device_id(index),
-                hardware_class=self.hardware_class,
-                runtime="sim",
-                poll_interval_s=2.0,
-            )
+            self._enroll(index, state_dir)
         store = SlotStore(state_dir / "models")
         if store.active_slot() is None:
             with tempfile.NamedTemporaryFile(prefix="sim-model-") as artifact:
@@ -128,6 +120,26 @@ class Simulator:
         if self.source_factory is not None:
             agent.updater.source = self.source_factory(agent)
         return agent
+
+    def _enroll(self, index: int, state_dir: Path) -> None:
+        # The platform may still be starting (make run starts everything at once): wait for it.
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                enroll(
+                    server=self.server,
+                    token=self.token,
+                    state_dir=state_dir,
+                    device_id=self.device_id(index),
+                    hardware_class=self.hardware_class,
+                    runtime="sim",
+                    poll_interval_s=2.0,
+                )
+                return
+            except EnrollError as exc:
+                if exc.code != "unreachable" or time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)
 
     def start(self) -> None:
         self.base_dir.mkdir(parents=True, exist_ok=True)

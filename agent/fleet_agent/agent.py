@@ -94,7 +94,7 @@ class Agent:
         self.store = SlotStore(self.paths.root / "models")
         self.updater = Updater(
             store=self.store,
-            source=update_source or NoUpdateSource(),
+            source=update_source or self._default_update_source(),
             report=self._report_ota,
             settings=UpdateSettings(
                 hardware_class=self.hardware_class,
@@ -138,6 +138,24 @@ class Agent:
         self.updater_in_probation = False
         self.policy = None  # the last verified policy (fleet_agent.policy), when one arrived
         self.started = False
+
+    def _default_update_source(self) -> UpdateSource:
+        from fleet_agent.ota_source import UptaneSource, uptane_available
+
+        if "update_trust" not in self.enrollment or not uptane_available():
+            log.warning("%s: no update trust from enrollment; updates are disabled", self.device_id)
+            return NoUpdateSource()
+        return UptaneSource(
+            enrollment=self.enrollment,
+            state_dir=self.paths.root,
+            hardware_class=self.hardware_class,
+            max_artifact_bytes=int(self.settings.max_artifact_mb * 1024 * 1024),
+            installed_counter=self._installed_counter,
+        )
+
+    def _installed_counter(self) -> int | None:
+        active = self.store.active()
+        return active.manifest.get("release_counter") if active else None
 
     # -- application API -----------------------------------------------------------------------------
     def record_inference(

@@ -245,12 +245,12 @@ class Updater:
     def _precheck(self, update: VerifiedUpdate, active: dict | None) -> tuple[str, str] | None:
         hw = self.settings.hardware_class
         if update.hardware and hw not in update.hardware:
-            return "hardware_mismatch", f"built for {', '.join(update.hardware)}; this device is {hw or 'unset'}"
+            return "wrong_hardware", f"built for {', '.join(update.hardware)}; this device is {hw or 'unset'}"
         if update.length > self.settings.max_artifact_bytes:
-            return "artifact_too_large", f"{update.length} bytes > cap {self.settings.max_artifact_bytes}"
+            return "too_large", f"{update.length} bytes > cap {self.settings.max_artifact_bytes}"
         if active and update.release_counter < active.get("release_counter", 0) and not update.rollback:
             return (
-                "release_counter_rollback",
+                "release_counter_lower",
                 f"release counter {update.release_counter} < installed {active.get('release_counter', 0)}",
             )
         return None

@@ -38,17 +38,21 @@ def test_simulated_fleet_reports_and_a_bad_release_is_rolled_back_by_probation(p
     thread.start()
     try:
         seen = observer.wait_for(
-            lambda m: all(bodies(m, "heartbeat", f"simt-000{i}") for i in range(3))
-            and any(b["state"] == "rolled_back" for b in bodies(m, "ota/status", "simt-0000"))
-            and len(bodies(m, "telemetry", "simt-0001")) >= 2
-            and any(r["model_version"] == "1.0.0" for b in bodies(m, "telemetry", "simt-0000") for r in b["records"]),
+            lambda m: (
+                all(bodies(m, "heartbeat", f"simt-000{i}") for i in range(3))
+                and any(b["state"] == "rolled_back" for b in bodies(m, "ota/status", "simt-0000"))
+                and len(bodies(m, "telemetry", "simt-0001")) >= 2
+                and any(
+                    r["model_version"] == "1.0.0" for b in bodies(m, "telemetry", "simt-0000") for r in b["records"]
+                )
+            ),
             timeout=60,
         )
         assert simulator.connected() == 3
     finally:
         stop.set()
         thread.join(30)
-    rollback = [b for b in bodies(seen, "ota/status", "simt-0000") if b["state"] == "rolled_back"][0]
+    rollback = next(b for b in bodies(seen, "ota/status", "simt-0000") if b["state"] == "rolled_back")
     assert rollback["reason"] == "probation_errors"
     records = [r for b in bodies(seen, "telemetry", "simt-0000") for r in b["records"]]
     bad = [r for r in records if r["model_version"] == "2.0.0"]

@@ -71,7 +71,7 @@ def test_update_for_other_hardware_is_rejected_before_download(tmp_path, store, 
     source = LocalSource(update_for(artifact, hardware=("jetson-orin",)), artifact)
     updater, reports = make_updater(source)
     outcome = updater.check_and_apply()
-    assert (outcome.state, outcome.reason) == ("failed", "hardware_mismatch")
+    assert (outcome.state, outcome.reason) == ("failed", "wrong_hardware")
     assert reports.states() == ["assigned", "failed"]
     assert source.downloads == 0
     assert_untouched(store)
@@ -82,7 +82,7 @@ def test_artifact_over_the_size_cap_is_rejected_before_download(tmp_path, store,
     source = LocalSource(update_for(artifact), artifact)
     updater, _reports = make_updater(source, max_artifact_bytes=100)
     outcome = updater.check_and_apply()
-    assert (outcome.state, outcome.reason) == ("failed", "artifact_too_large")
+    assert (outcome.state, outcome.reason) == ("failed", "too_large")
     assert source.downloads == 0
     assert_untouched(store)
 
@@ -91,7 +91,7 @@ def test_lower_release_counter_is_rejected_unless_the_director_signs_a_rollback(
     artifact = make_artifact(tmp_path / "repo", version="0.9.0")
     updater, _ = make_updater(LocalSource(update_for(artifact, version="0.9.0", release_counter=0), artifact))
     outcome = updater.check_and_apply()
-    assert (outcome.state, outcome.reason) == ("failed", "release_counter_rollback")
+    assert (outcome.state, outcome.reason) == ("failed", "release_counter_lower")
     assert_untouched(store)
     allowed, _ = make_updater(
         LocalSource(update_for(artifact, version="0.9.0", release_counter=0, rollback=True), artifact)

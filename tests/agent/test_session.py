@@ -154,3 +154,42 @@ def test_disk_cap_drops_oldest_while_offline_and_the_next_heartbeat_reports_it(
     assert bodies(seen, "heartbeat", "cam-cap")[0]["dropped"] == dropped
     latencies = [r["latency_ms"] for r in records_of(seen, "cam-cap")]
     assert latencies == [float(i) for i in range(dropped, 600)]  # the oldest were dropped
+
+
+def test_reconnect_delay_grows_exponentially_with_jitter_and_a_ceiling():
+    from fleet_agent.session import backoff_delay
+
+    for attempt, ceiling in [(0, 1.0), (1, 2.0), (3, 8.0), (10, 60.0)]:
+        delays = [backoff_delay(attempt, 1.0, 60.0) for _ in range(200)]
+        assert all(ceiling / 2 <= d <= ceiling for d in delays)
+        assert len({round(d, 6) for d in delays}) > 100  # jittered, not lockstep
+
+
+def test_agent_refuses_a_broker_its_ca_does_not_vouch_for(platform_url, tmp_path, running):
+    from devices.ca import cert_pem, create_ca
+
+    state = tmp_path / "cam-mitm"
+    enroll_device(platform_url, state, "cam-mitm")
+    _key, other_ca = create_ca("Some Other CA")
+    (state / "ca.pem").write_text(cert_pem(other_ca))
+    agent = running(state)
+    wait_until(lambda: "certificate verify failed" in agent.session.last_error)
+    assert not agent.session.connected
+
+
+def test_running_agent_renews_its_certificate_and_reconnects_with_it(platform_url, tmp_path, running, monkeypatch):
+    from fleet_agent import agent as agent_module
+    from fleet_agent.enroll import certificate
+
+    state = tmp_path / "cam-renewing"
+    enroll_device(platform_url, state, "cam-renewing")
+    before = certificate(state).serial_number
+    due = []  # the certificate becomes due when the test says so (as it would 60 days later)
+    monkeypatch.setattr(agent_module, "needs_renewal", lambda cert: bool(due) and cert.serial_number == before)
+    agent = running(state, renew_check_interval_s=0.2)
+    wait_until(lambda: agent.session.connected)
+    first_connection = agent.session.connected_since
+    due.append(True)
+    wait_until(lambda: certificate(state).serial_number != before)
+    # It reconnected after the renewal, so the live session uses the new certificate.
+    wait_until(lambda: agent.session.connected and agent.session.connected_since > first_connection)

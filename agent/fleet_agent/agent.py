@@ -183,6 +183,16 @@ class Agent:
             raise ValueError("confidence must be between 0 and 1, or None")
         if route not in ROUTES:
             raise ValueError(f"route must be one of {ROUTES}")
+        for name, value, limit in (
+            ("task", task, 64),
+            ("label", label, 128),
+            ("error", error, 64),
+            ("cloud_model", cloud_model, 128),
+            ("model", model, 128),
+            ("model_version", model_version, 64),
+        ):
+            if value is not None and (not isinstance(value, str) or len(value) > limit):
+                raise ValueError(f"{name} must be a string of at most {limit} characters")
         record = {
             "ts": ts if ts is not None else now_ms(),
             "task": task,

@@ -74,9 +74,3 @@ def test_errors_during_probation_roll_the_update_back(device, observer, tmp_path
     seen = observer.wait_for(lambda m: ("rolled_back", "probation_errors") in ota_states(m, "cam-probation"))
     assert "succeeded" not in [s for s, _r in ota_states(seen, "cam-probation")]
     wait_until(lambda: agent.active_model()["version"] == "1.0.0")
-
-
-def test_decide_denies_everything_without_a_policy(device, running):
-    agent = running(device("cam-decide"))
-    decision = agent.decide(task="chat", data_class="public")
-    assert (decision.route, decision.reason) == ("deny", "no_policy")

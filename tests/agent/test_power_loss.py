@@ -4,6 +4,7 @@ in progress, and have the outcome queued for the platform."""
 
 import dataclasses
 import json
+import os
 import random
 import subprocess
 import sys
@@ -31,11 +32,12 @@ def device(tmp_path, store):
     return tmp_path
 
 
-def run_device(state, *args, kill_after: float | None = None) -> str:
+def run_device(state, *args, kill_after: float | None = None, kill_at: str = "") -> str:
     process = subprocess.Popen(
         [sys.executable, "-m", "tests.agent.update_runner", str(state), str(state / "spec.json"), *args],
         stdout=subprocess.PIPE,
         text=True,
+        env=os.environ | {"KILL_AT": kill_at},
     )
     assert process.stdout.readline().strip() == "ready"
     if kill_after is None:
@@ -67,6 +69,37 @@ def check_after_restart(state) -> str:
     return store.active().version
 
 
+def reset(device) -> None:
+    """Back to 1.0.0 on slot a, no history, nothing queued: each trial starts from the same device."""
+    for path in ("models/journal.json", "models/history.json", "queue.db", "queue.db-wal", "queue.db-shm"):
+        (device / path).unlink(missing_ok=True)
+    store = SlotStore(device / "models")
+    store.switch("a")
+    for part in store.download_dir.iterdir():
+        part.unlink()
+
+
+@pytest.mark.parametrize(
+    ("kill_at", "expected"),
+    [
+        ("downloading", ("failed", "interrupted_downloading")),
+        ("downloaded", ("failed", "interrupted_downloaded")),
+        ("verifying", ("failed", "interrupted_verifying")),
+        ("installing", ("failed", "interrupted_installing")),
+        ("switch", ("rolled_back", "interrupted_switch")),
+        ("health_checking", ("rolled_back", "interrupted_health_check")),
+        ("succeeded", ("succeeded", "")),
+    ],
+)
+def test_power_cut_at_each_phase_is_recovered_and_reported(device, kill_at, expected):
+    run_device(device, kill_at=kill_at)
+    assert phase_at_kill(device) != "idle"
+    version = check_after_restart(device)
+    last = outbox_messages(device / "queue.db", "ota/status")[-1]
+    assert (last["state"], last["reason"]) == expected
+    assert version == ("2.0.0" if expected[0] == "succeeded" else "1.0.0")
+
+
 def trials(device, count: int, seed: int) -> dict:
     start = time.monotonic()
     run_device(device)  # one uninterrupted update, to measure how long a full one takes
@@ -74,13 +107,7 @@ def trials(device, count: int, seed: int) -> dict:
     rng = random.Random(seed)
     phases: dict[str, int] = {}
     for _ in range(count):
-        # Back to 1.0.0 on slot a, no history, nothing queued: each trial starts from the same device.
-        for path in ("models/journal.json", "models/history.json", "queue.db", "queue.db-wal", "queue.db-shm"):
-            (device / path).unlink(missing_ok=True)
-        store = SlotStore(device / "models")
-        store.switch("a")
-        for part in store.download_dir.iterdir():
-            part.unlink()
+        reset(device)
         run_device(device, kill_after=rng.uniform(0, full))
         phase = phase_at_kill(device)
         phases[phase] = phases.get(phase, 0) + 1

@@ -2,10 +2,13 @@
 
 It does what the agent does at start (recovery, reported through the real on-disk outbox), prints
 ``ready``, then applies the update described by SPEC (a JSON file) from the local source, slowly enough
-that a kill lands in any phase. With ``--recover-only`` it stops after recovery.
+that a kill lands in any phase. With ``--recover-only`` it stops after recovery. ``KILL_AT=<state>``
+(or ``switch``) makes it SIGKILL itself exactly when that state starts (or right after the slot switch).
 """
 
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -20,8 +23,12 @@ def main() -> None:
     spec = json.loads(spec_path.read_text())
     outbox = Outbox(state / "queue.db")
 
+    kill_at = os.environ.get("KILL_AT", "")
+
     def report(status, target, reason="", detail=""):
         outbox.enqueue("ota/status", {"target": target, "state": status, "reason": reason, "detail": detail})
+        if status == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)  # power cut right as this phase starts
 
     update = VerifiedUpdate(**(spec["update"] | {"hardware": tuple(spec["update"]["hardware"])}))
     updater = Updater(
@@ -31,6 +38,14 @@ def main() -> None:
         settings=UpdateSettings(hardware_class="test-hw"),
     )
     updater.recover()
+    if kill_at == "switch":
+        switch = updater.store.switch
+
+        def switch_then_die(slot):
+            switch(slot)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        updater.store.switch = switch_then_die
     print("ready", flush=True)
     if "--recover-only" not in sys.argv:
         updater.check_and_apply()

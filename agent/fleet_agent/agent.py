@@ -20,7 +20,7 @@ from pathlib import Path
 
 from fleet_agent import __version__
 from fleet_agent.enroll import EnrollError, Paths, certificate, load_enrollment, needs_renewal, renew_certificate
-from fleet_agent.fsutil import atomic_write_json
+from fleet_agent.fsutil import atomic_write, atomic_write_json
 from fleet_agent.outbox import Outbox, envelope, now_ms
 from fleet_agent.session import Session, SessionSettings
 from fleet_agent.slots import SlotStore
@@ -136,7 +136,9 @@ class Agent:
         self._probation = {"records": 0, "errors": 0, "failed": None}
         self._model = self.store.describe()
         self.updater_in_probation = False
-        self.policy = None  # the last verified policy (fleet_agent.policy), when one arrived
+        self._policy_keeper = None  # fleet_agent.policy.PolicyKeeper: holds the last verified policy
+        self._policy = None  # its compiled form, for decide()
+        self._load_policy()
         self.started = False
 
     def _default_update_source(self) -> UpdateSource:
@@ -214,9 +216,18 @@ class Agent:
     def decide(self, *, task: str, data_class: str, **kwargs) -> Decision:
         """Where may this request run: local, cloud (with a model) or deny, always with a reason.
         Without a verified policy, nothing may leave the device: deny with ``no_policy``."""
-        if self.policy is None:
+        policy = self._policy
+        if policy is None:
             return Decision("deny", "no_policy")
-        return self.policy.decide(task=task, data_class=data_class, **kwargs)
+        from fleet_agent.policy import decide
+
+        kwargs.setdefault("connectivity", "online" if self.session.connected else "offline")
+        return decide(policy, task=task, data_class=data_class, **kwargs)
+
+    @property
+    def policy_version(self) -> int:
+        keeper = self._policy_keeper
+        return keeper.version if keeper is not None else 0
 
     def active_model(self) -> dict:
         """The active slot's name, version and slot letter (None fields when no model is installed)."""
@@ -341,8 +352,37 @@ class Agent:
         elif topic.endswith("/policy"):
             self._on_policy(payload)
 
-    def _on_policy(self, payload: bytes) -> None:
-        log.warning("%s: received a policy, but this agent has no policy verifier yet; ignoring it", self.device_id)
+    def _load_policy(self) -> None:
+        """Set up verification with the policy key from enrollment, and re-verify the stored policy (a
+        file on disk is trusted no more than a message)."""
+        pem = self.enrollment.get("policy_public_key")
+        try:
+            from fleet_agent.policy import PolicyKeeper, compile_policy
+            from fleet_agent.policy.signature import load_public_key
+        except ImportError:
+            return
+        if not pem:
+            log.warning("%s: no policy key from enrollment; decide() denies everything", self.device_id)
+            return
+        self._compile_policy = compile_policy
+        self._policy_keeper = PolicyKeeper(public_key=load_public_key(pem), device_id=self.device_id)
+        stored = self.paths.root / "policy.json"
+        if stored.exists():
+            self._on_policy(stored.read_bytes(), persist=False)
+
+    def _on_policy(self, payload: bytes, *, persist: bool = True) -> None:
+        keeper = self._policy_keeper
+        if keeper is None:
+            log.warning("%s: received a policy but cannot verify it (no policy key); ignoring it", self.device_id)
+            return
+        if not keeper.offer(payload):
+            # The last good policy stays active.
+            log.warning("%s: policy refused: %s", self.device_id, keeper.last_error)
+            return
+        self._policy = self._compile_policy(keeper.payload["policy"])
+        if persist:
+            atomic_write(self.paths.root / "policy.json", payload, mode=0o600)
+        log.info("%s: policy version %s active", self.device_id, keeper.version)
 
     # -- updates -------------------------------------------------------------------------------------
     def request_update_check(self) -> None:

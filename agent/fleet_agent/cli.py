@@ -77,8 +77,9 @@ def status_report(state_dir: Path) -> dict:
         report["queue_messages"] = outbox.message_count()
         report["dropped_unreported"] = outbox.dropped()
         outbox.close()
-    policy = read_json(state_dir / "policy.json")
-    report["policy_version"] = policy.get("version") if isinstance(policy, dict) else None
+    policy = read_json(state_dir / "policy.json")  # the last verified envelope (the agent re-verifies it)
+    payload = policy.get("payload") if isinstance(policy, dict) else None
+    report["policy_version"] = payload.get("version") if isinstance(payload, dict) else None
     return report
 
 

@@ -179,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     except EnrollError as exc:
         print(f"fleet-agent: {exc}", file=sys.stderr)
         return 2
+    except (ValueError, OSError) as exc:  # bad agent.json, unreadable state directory, ...
+        print(f"fleet-agent: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -196,7 +196,8 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("FLEET_LOG_LEVEL", "INFO")},
-    "loggers": {"django.server": {"level": "WARNING"}},
+    # httpx logs every request at INFO: the LLM gateway makes one per device request.
+    "loggers": {"django.server": {"level": "WARNING"}, "httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},
 }
 
 if not DEBUG:
@@ -207,3 +208,15 @@ if not DEBUG:
 
 # Enrollment is the one unauthenticated write: rate-limit it per client address.
 ENROLL_RATE_LIMIT = env_str("FLEET_ENROLL_RATE_LIMIT", "100000/minute")
+
+# LLM gateway (policies app): OpenAI-compatible upstreams as a JSON list, the budget currency, and the
+# output cap the gateway forwards when neither the request nor the policy sets one. See docs/configuration.md.
+LLM_UPSTREAMS = env_str("LLM_UPSTREAMS", "[]")
+LLM_CURRENCY = env_str("LLM_CURRENCY", "USD")
+LLM_DEFAULT_MAX_OUTPUT_TOKENS = env_int("LLM_DEFAULT_MAX_OUTPUT_TOKENS", 1024, minimum=1)
+# Re-derive and republish changed device policies (new devices, devices moved between groups).
+POLICY_RECONCILE_SECONDS = env_int("POLICY_RECONCILE_SECONDS", 900, minimum=60)
+CELERY_BEAT_SCHEDULE["policies-reconcile"] = {
+    "task": "policies.tasks.reconcile_policies",
+    "schedule": POLICY_RECONCILE_SECONDS,
+}

@@ -5,6 +5,7 @@ from fleet import views
 
 urlpatterns = [
     path("api/v1/", include("fleet.api.urls")),
+    path("v1/", include("policies.urls")),
     path("healthz", views.healthz, name="healthz"),
     path("login/", views.LoginView.as_view(), name="login"),
     path("logout/", views.LogoutView.as_view(), name="logout"),

@@ -142,6 +142,7 @@ class EnrollOutputSerializer(serializers.Serializer):
     ca_chain = serializers.CharField()
     mqtt_url = serializers.CharField()
     api_url = serializers.CharField()
+    policy_public_key = serializers.CharField(help_text="PEM Ed25519 key that signs the device's LLM policy.")
 
 
 class CertificateRenewInputSerializer(serializers.Serializer):

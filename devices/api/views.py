@@ -16,6 +16,7 @@ from devices.models import DeviceCertificate, DeviceGroup, DeviceStatus, Enrollm
 from devices.permissions import IsDevice
 from fleet.api.pagination import IdCursorPagination
 from fleet.services import Actor
+from policies.signing import policy_public_key_pem
 
 
 def _actor(request) -> Actor:
@@ -164,7 +165,12 @@ class EnrollView(APIView):
             status_value=result.device.status,
             certificate=result.certificate_pem,
             ca_chain=result.ca_chain_pem,
-        ) | {"device_token": result.device_token, "api_url": settings.PUBLIC_URL}
+        ) | {
+            "device_token": result.device_token,
+            "api_url": settings.PUBLIC_URL,
+            # Devices verify their signed LLM policy (devices/{id}/policy) with this key.
+            "policy_public_key": policy_public_key_pem(),
+        }
         return Response(body, status=status.HTTP_201_CREATED)
 
 

@@ -12,5 +12,6 @@ urlpatterns = [
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema", permission_classes=[]), name="api-docs"),
     path("me/", views.MeView.as_view(), name="me"),
     path("", include("devices.api.urls")),
+    path("", include("policies.api.urls")),
     *router.urls,
 ]

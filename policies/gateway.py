@@ -1,0 +1,303 @@
+"""The OpenAI-compatible gateway: ``POST /v1/chat/completions`` for devices.
+
+A device authenticates with its device token (``Authorization: Device <token>``, or ``Bearer <token>`` so
+stock OpenAI clients work) and names the task and data class in headers (``X-Fleet-Task``,
+``X-Fleet-Data-Class``; ``X-Fleet-Redacted: 1`` when it redacted the data). The gateway re-runs decide()
+on the device's effective policy (no local model here: it only says whether the cloud is permitted),
+reserves the estimated tokens and cost in every budget window, forwards to the first upstream serving
+the model (the next one if it fails), and settles the real usage from the upstream's answer. Streams
+(SSE) pass through chunk by chunk and settle from the final usage chunk. Refusals are OpenAI-style
+error bodies naming the reason code. The device never sees a provider key; the provider never sees the
+device token.
+"""
+
+import json
+import logging
+
+import httpx
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
+from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
+
+from devices.models import Device, DeviceStatus
+from devices.services import device_authenticate_token
+from fleet_agent.policy import decide
+from fleet_agent.policy.document import NAME_RE
+from policies import selectors, services
+from policies.upstreams import cost_micros, upstreams_for
+
+log = logging.getLogger(__name__)
+
+# 429 for spending limits (clients back off and retry later); 403 for everything the policy refuses.
+STATUS_OF = {"budget_exhausted": 429, "rate_limited": 429}
+ERROR_TYPE = {401: "authentication_error", 403: "permission_denied", 429: "rate_limit_exceeded"}  # else invalid_request
+MAX_BODY = 2 * 1024 * 1024
+MAX_CHOICES = 8
+MAX_OUTPUT_TOKENS = 1_000_000
+
+_client: httpx.Client | None = None
+
+
+def http_client() -> httpx.Client:
+    """One pooled client per process: keep-alive connections to the upstreams."""
+    global _client
+    if _client is None:
+        _client = httpx.Client(limits=httpx.Limits(max_connections=200, max_keepalive_connections=50))
+    return _client
+
+
+def error(status: int, code: str, message: str, *, error_type: str | None = None) -> JsonResponse:
+    body = {
+        "error": {
+            "message": message,
+            "type": error_type or ERROR_TYPE.get(status, "invalid_request_error"),
+            "code": code,
+            "param": None,
+        }
+    }
+    response = JsonResponse(body, status=status)
+    if status == 401:
+        response["WWW-Authenticate"] = "Device"
+    return response
+
+
+def _authenticate(request) -> Device | JsonResponse:
+    parts = request.META.get("HTTP_AUTHORIZATION", "").split()
+    if len(parts) != 2 or parts[0].lower() not in ("device", "bearer"):
+        return error(401, "device_token_missing", "Send the device token: Authorization: Device <token>.")
+    device = device_authenticate_token(parts[1])
+    if device is None:
+        return error(401, "device_token_invalid", "Unknown device token or revoked device.")
+    if device.status != DeviceStatus.ACTIVE:
+        return error(403, "device_not_active", "The device is not active (pending approval?).")
+    return device
+
+
+# Request fields besides the messages that the upstream also turns into prompt tokens.
+PROMPT_FIELDS = ("tools", "functions", "tool_choice", "response_format")
+
+
+def estimate_input_tokens(body: dict) -> int:
+    """An upper bound of the prompt's tokens: the UTF-8 bytes of every message as JSON (content, tool
+    calls, names, and the keys around them, which covers the per-message special tokens) and of the
+    tool definitions. A byte-level BPE token covers at least one byte, so a reservation is never smaller
+    than what the upstream charges."""
+    total = 0
+    for message in body["messages"]:
+        total += len(json.dumps(message, ensure_ascii=False).encode("utf-8"))
+    for field in PROMPT_FIELDS:
+        if field in body:
+            total += len(json.dumps(body[field], ensure_ascii=False).encode("utf-8"))
+    return total
+
+
+def _usage_of(body: dict) -> tuple[int, int] | None:
+    usage = body.get("usage") if isinstance(body, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    tokens_in, tokens_out = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if not isinstance(tokens_in, int) or not isinstance(tokens_out, int):
+        return None
+    return max(tokens_in, 0), max(tokens_out, 0)
+
+
+@csrf_exempt
+def chat_completions(request):
+    at = timezone.now()
+    if request.method != "POST":
+        response = error(405, "method_not_allowed", "Use POST.", error_type="invalid_request_error")
+        response["Allow"] = "POST"
+        return response
+    device = _authenticate(request)
+    if isinstance(device, HttpResponse):
+        return device
+    task = request.headers.get("X-Fleet-Task", "").strip()
+    data_class = request.headers.get("X-Fleet-Data-Class", "").strip()
+    if not task or not data_class:
+        return error(400, "task_or_data_class_missing", "Send the X-Fleet-Task and X-Fleet-Data-Class headers.")
+    if not NAME_RE.match(task) or not NAME_RE.match(data_class) or data_class == "*":
+        return error(400, "invalid_task_or_data_class", "Task types and data classes are lowercase names.")
+    try:
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        declared = 0
+    if declared > MAX_BODY:
+        return error(400, "request_too_large", f"The request body is larger than {MAX_BODY} bytes.")
+    try:
+        raw = request.body
+    except RequestDataTooBig:
+        return error(400, "request_too_large", f"The request body is larger than {MAX_BODY} bytes.")
+    if len(raw) > MAX_BODY:
+        return error(400, "request_too_large", f"The request body is larger than {MAX_BODY} bytes.")
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return error(400, "invalid_json", "The request body is not JSON.")
+    messages = body.get("messages") if isinstance(body, dict) else None
+    if not isinstance(messages, list) or not messages:
+        return error(400, "messages_missing", "messages must be a non-empty list.")
+    requested_model = body.get("model")
+    if requested_model in ("", "auto"):
+        requested_model = None
+    if requested_model is not None and not isinstance(requested_model, str):
+        return error(400, "invalid_model", "model must be a string.")
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    if max_tokens is not None and (
+        isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 1 <= max_tokens <= MAX_OUTPUT_TOKENS
+    ):
+        return error(400, "invalid_max_tokens", f"max_tokens must be an integer from 1 to {MAX_OUTPUT_TOKENS}.")
+    choices = body.get("n", 1)
+    if isinstance(choices, bool) or not isinstance(choices, int) or not 1 <= choices <= MAX_CHOICES:
+        return error(400, "invalid_n", f"n must be an integer from 1 to {MAX_CHOICES}.")
+    stream = body.get("stream") is True
+
+    policy, document = selectors.compiled_policy(device)
+    rule = document["tasks"].get(task) or document["tasks"].get("*") or {}
+    tokens_out = max_tokens or rule.get("max_output_tokens") or settings.LLM_DEFAULT_MAX_OUTPUT_TOKENS
+    tokens_in = estimate_input_tokens(body)
+    decision = decide(
+        policy,
+        task=task,
+        data_class=data_class,
+        tokens_in=tokens_in,
+        tokens_out=tokens_out,
+        local_available=False,
+        model=requested_model,
+    )
+
+    def refuse(reason: str, message: str, model: str = "") -> JsonResponse:
+        services.usage_record_decision(
+            device=device, task=task, data_class=data_class, route="deny", reason=reason, model=model, at=at
+        )
+        return error(STATUS_OF.get(reason, 403), reason, message)
+
+    if decision.route != "cloud":
+        return refuse(
+            decision.reason,
+            f"The device's policy does not allow this request ({decision.reason}).",
+            requested_model or "",
+        )
+    if decision.redact and request.headers.get("X-Fleet-Redacted") != "1":
+        return refuse(
+            "redaction_required", "This data class must be redacted first (send X-Fleet-Redacted: 1).", decision.model
+        )
+    routes = upstreams_for(decision.model)
+    if not routes:
+        return refuse("model_not_configured", f"No upstream serves the model {decision.model!r}.", decision.model)
+    # n choices each generate up to max_tokens: reserve for all of them.
+    estimate = max(cost_micros(route, tokens_in, tokens_out * choices) for _, route in routes)
+    try:
+        reservation = services.budget_reserve(
+            device=device,
+            document=document,
+            task=task,
+            data_class=data_class,
+            model=decision.model,
+            tokens=tokens_in + tokens_out * choices,
+            cost_micros=estimate,
+            at=at,
+        )
+    except services.BudgetRefused as refused:
+        return refuse(
+            refused.reason,
+            f"The device's {refused.window} budget does not cover this request ({refused.reason}).",
+            decision.model,
+        )
+
+    forward = dict(body)
+    forward["max_tokens"] = tokens_out
+    forward.pop("max_completion_tokens", None)
+    if stream:
+        options = body.get("stream_options")
+        forward["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+    return _forward(request, reservation, decision.reason, routes, forward, stream)
+
+
+def _forward(request, reservation, reason, routes, forward, stream):
+    client = http_client()
+    last_problem = "no upstream answered"
+    for upstream, route in routes:
+        payload = dict(forward, model=route.upstream_model)
+        try:
+            upstream_request = client.build_request(
+                "POST",
+                f"{upstream.base_url}/chat/completions",
+                json=payload,
+                headers={"Authorization": f"Bearer {upstream.api_key}"},
+                timeout=upstream.timeout_s,
+            )
+            response = client.send(upstream_request, stream=stream)
+        except httpx.HTTPError as exc:
+            last_problem = f"{upstream.name}: {type(exc).__name__}"
+            log.warning("upstream %s failed: %s", upstream.name, exc)
+            continue
+        if response.status_code >= 500 or response.status_code == 429:
+            last_problem = f"{upstream.name}: HTTP {response.status_code}"
+            response.close()
+            continue
+        if response.status_code >= 400:
+            # The upstream refused the request itself (bad parameters): pass its answer on, charge nothing.
+            content = response.read()
+            response.close()
+            services.budget_release(reservation=reservation, reason="upstream_rejected")
+            return HttpResponse(content, status=response.status_code, content_type="application/json")
+        if stream:
+            return _stream(reservation, reason, upstream, route, response)
+        content = response.content
+        try:
+            usage = _usage_of(json.loads(content))
+        except ValueError:
+            usage = None
+        _settle(reservation, reason, upstream.name, route, usage)
+        return HttpResponse(content, status=response.status_code, content_type="application/json")
+    services.budget_release(reservation=reservation, reason="upstream_unavailable")
+    return error(
+        502, "upstream_unavailable", f"No upstream could serve the request ({last_problem}).", error_type="api_error"
+    )
+
+
+def _settle(reservation, reason, upstream_name, route, usage) -> None:
+    if usage is None:
+        # No usage reported: charge the whole reservation (an upper bound) rather than nothing.
+        tokens_in, tokens_out = reservation.tokens, 0
+        cost = reservation.cost_micros
+    else:
+        tokens_in, tokens_out = usage
+        cost = cost_micros(route, tokens_in, tokens_out)
+    services.budget_settle(
+        reservation=reservation,
+        reason=reason,
+        upstream=upstream_name,
+        tokens_in=tokens_in,
+        tokens_out=tokens_out,
+        cost_micros=cost,
+    )
+
+
+def _stream(reservation, reason, upstream, route, response) -> StreamingHttpResponse:
+    def chunks():
+        usage = None
+        pending = b""
+        try:
+            for chunk in response.iter_raw():
+                yield chunk
+                # Watch the SSE lines go by for the final usage chunk (include_usage).
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if line.startswith(b"data:") and b'"usage"' in line:
+                        try:
+                            found = _usage_of(json.loads(line[5:].strip()))
+                        except ValueError:
+                            found = None
+                        usage = found or usage
+        finally:
+            response.close()
+            _settle(reservation, reason, upstream.name, route, usage)
+
+    streaming = StreamingHttpResponse(chunks(), content_type="text/event-stream")
+    streaming["Cache-Control"] = "no-cache"
+    streaming["X-Accel-Buffering"] = "no"
+    return streaming

@@ -379,9 +379,10 @@ class Agent:
             # The last good policy stays active.
             log.warning("%s: policy refused: %s", self.device_id, keeper.last_error)
             return
-        self._policy = self._compile_policy(keeper.payload["policy"])
-        if persist:
+        compiled = self._compile_policy(keeper.payload["policy"])
+        if persist:  # stored before it is used: what decide() follows survives a restart
             atomic_write(self.paths.root / "policy.json", payload, mode=0o600)
+        self._policy = compiled
         log.info("%s: policy version %s active", self.device_id, keeper.version)
 
     # -- updates -------------------------------------------------------------------------------------

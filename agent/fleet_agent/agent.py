@@ -215,14 +215,23 @@ class Agent:
 
     def decide(self, *, task: str, data_class: str, **kwargs) -> Decision:
         """Where may this request run: local, cloud (with a model) or deny, always with a reason.
-        Without a verified policy, nothing may leave the device: deny with ``no_policy``."""
+        Without a verified policy, nothing may leave the device: deny with ``no_policy``. Each decision
+        made under a policy is reported on ``llm/usage``."""
         policy = self._policy
         if policy is None:
             return Decision("deny", "no_policy")
         from fleet_agent.policy import decide
 
         kwargs.setdefault("connectivity", "online" if self.session.connected else "offline")
-        return decide(policy, task=task, data_class=data_class, **kwargs)
+        decision = decide(policy, task=task, data_class=data_class, **kwargs)
+        # What stayed on the device and why, for the platform's ledger (devices/{id}/llm/usage).
+        usage = {"task": task, "data_class": data_class, "route": decision.route, "reason": decision.reason}
+        if decision.model:
+            usage["model"] = decision.model
+        usage["tokens_in"] = int(kwargs.get("tokens_in", 0))
+        usage["tokens_out"] = int(kwargs.get("tokens_out", 0))
+        self.outbox.enqueue("llm/usage", usage)
+        return decision
 
     @property
     def policy_version(self) -> int:

@@ -95,7 +95,7 @@ class Observer:
 
     def _subscribe(self, client, _userdata, _flags, reason, _props):
         if reason == 0:
-            for leaf in ("telemetry", "heartbeat", "status", "ota/status"):
+            for leaf in ("telemetry", "heartbeat", "status", "ota/status", "llm/usage"):
                 client.subscribe(f"devices/+/{leaf}", qos=1)
             self.subscribed.set()
 

@@ -7,7 +7,7 @@ from fleet.celery import app as celery_app
 from fleet.services import Actor
 from fleet_agent.cli import status_report
 from policies import services
-from tests.agent.conftest import enroll_device, wait_until
+from tests.agent.conftest import bodies, enroll_device, wait_until
 
 DOCUMENT = {
     "tasks": {
@@ -25,7 +25,9 @@ def eager_celery():
     celery_app.conf.task_always_eager = False
 
 
-def test_published_policy_is_verified_by_the_agent_and_drives_decide(platform_url, tmp_path, running, eager_celery):
+def test_published_policy_is_verified_by_the_agent_and_drives_decide(
+    platform_url, tmp_path, running, eager_celery, observer
+):
     state = tmp_path / "cam-policy"
     enrollment = enroll_device(platform_url, state, "cam-policy")
     assert "BEGIN PUBLIC KEY" in enrollment["policy_public_key"]
@@ -41,3 +43,14 @@ def test_published_policy_is_verified_by_the_agent_and_drives_decide(platform_ur
     assert agent.decide(task="chat", data_class="health").route == "local"
     assert agent.decide(task="translate", data_class="public").route == "local"
     assert status_report(state)["policy_version"] == agent.policy_version
+    # Each decision made under the policy is reported to the platform's ledger, in a body its ingest accepts.
+    seen = observer.wait_for(lambda m: len(bodies(m, "llm/usage", "cam-policy")) >= 4)
+    usage = bodies(seen, "llm/usage", "cam-policy")
+    assert {(u["task"], u["data_class"], u["route"], u.get("model")) for u in usage} == {
+        ("chat", "public", "cloud", "small"),
+        ("chat", "health", "local", None),
+        ("translate", "public", "local", None),
+    }
+    from policies.ingest import _check
+
+    assert all(_check(u) is None for u in usage)

@@ -172,18 +172,30 @@ if CELERY_BROKER_URL == "filesystem://":
         "data_folder_in": str(_celery_dir / "queue"),
         "data_folder_out": str(_celery_dir / "queue"),
         "processed_folder": str(_celery_dir / "processed"),
+        "control_folder": str(_celery_dir / "control"),  # kombu's default is ./control (the working dir)
         "store_processed": False,
     }
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-CELERY_BEAT_SCHEDULE: dict = {}
+CELERY_BEAT_SCHEDULE: dict = {
+    # Telemetry (telemetry/tasks.py): rollups of the minutes that got records, day partitions ahead,
+    # retention (drop old partitions, delete old rollups and dead letters).
+    "telemetry-rollups": {"task": "telemetry.rollups_update", "schedule": 30.0},
+    "telemetry-partitions": {"task": "telemetry.partitions_maintain", "schedule": 3600.0},
+    "telemetry-retention": {"task": "telemetry.retention_apply", "schedule": 3600.0},
+}
 
 # MQTT: where devices connect (returned at enrollment) and where the platform's own clients connect.
 MQTT_URL = env_str("MQTT_URL", "mqtts://127.0.0.1:8883")
 MQTT_PLATFORM_URL = env_str("MQTT_PLATFORM_URL", "mqtts://127.0.0.1:8884")
 # Folder with the broker's CA files and the platform clients' certificates (see fleet/broker.py).
 MQTT_TLS_DIR = Path(env_str("MQTT_TLS_DIR", str(STATE_DIR / "broker")))
+
+# Telemetry retention (days): raw inference records and heartbeats, per-minute rollups, dead letters.
+TELEMETRY_RAW_RETENTION_DAYS = env_int("TELEMETRY_RAW_RETENTION_DAYS", 14, minimum=1)
+TELEMETRY_ROLLUP_RETENTION_DAYS = env_int("TELEMETRY_ROLLUP_RETENTION_DAYS", 400, minimum=1)
+TELEMETRY_DEAD_LETTER_RETENTION_DAYS = env_int("TELEMETRY_DEAD_LETTER_RETENTION_DAYS", 30, minimum=1)
 
 # Device identity.
 DEVICE_CERT_DAYS = env_int("FLEET_DEVICE_CERT_DAYS", 90, minimum=1)

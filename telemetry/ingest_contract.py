@@ -21,6 +21,7 @@ not call the broker.
 """
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -40,3 +41,23 @@ class Rejection:
     message: DeviceMessage
     reason: str  # machine-readable, e.g. "field_missing", "field_type", "unknown_release"
     detail: str = ""
+
+
+Sink = Callable[[list[DeviceMessage]], list[Rejection]]
+
+
+# --- optional: rows-written accounting ------------------------------------------------------------
+# A sink may report how many rows it actually inserted (conflicts excluded) so that the worker's
+# ``rows_written{table=...}`` counter covers it; sinks that don't call this are simply not counted.
+_rows_written: dict[str, int] = {}
+
+
+def count_rows_written(table: str, rows: int) -> None:
+    _rows_written[table] = _rows_written.get(table, 0) + rows
+
+
+def take_rows_written() -> dict[str, int]:
+    """Return and reset the rows counted since the last call (the worker calls it once per batch)."""
+    counted = dict(_rows_written)
+    _rows_written.clear()
+    return counted

@@ -13,5 +13,6 @@ urlpatterns = [
     path("me/", views.MeView.as_view(), name="me"),
     path("", include("devices.api.urls")),
     path("", include("policies.api.urls")),
+    path("", include("telemetry.api.urls")),
     *router.urls,
 ]

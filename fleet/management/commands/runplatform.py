@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from django.conf import settings
 from django.core.management import call_command
@@ -57,9 +58,18 @@ def platform_children(*, host: str, port: int) -> list[Child]:
         platform_port=platform_port,
         bind_address=device_host,
     )
+    # The embedded Celery transport keeps its queue in files (fleet/settings.py); beat runs in the worker.
+    for folder in ("data_folder_in", "data_folder_out", "processed_folder", "control_folder"):
+        if folder in getattr(settings, "CELERY_BROKER_TRANSPORT_OPTIONS", {}):
+            Path(settings.CELERY_BROKER_TRANSPORT_OPTIONS[folder]).mkdir(parents=True, exist_ok=True)
+    celery = [sys.executable, "-m", "celery", "-A", "fleet", "worker", "--beat", "--concurrency", "1"]
+    celery += ["--loglevel", "INFO", "--schedule", str(settings.STATE_DIR / "celerybeat-schedule")]
     return [
         Child("broker", [mosquitto_binary(), "-c", str(config)]),
         Child("web", manage("runserver", f"{host}:{port}", "--noreload")),
+        # One worker: an exclusive subscription, which (unlike a shared one) survives a broker restart.
+        Child("ingest", manage("ingest", "--client-id", "ingest-embedded", "--exclusive")),
+        Child("celery", celery),
     ]
 
 

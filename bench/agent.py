@@ -143,7 +143,14 @@ def bench_records(server: str, count: int) -> tuple[float, float]:
         time.sleep(0.05)
     started = time.monotonic()
     for i in range(count):
-        agent.record_inference(task="detect", latency_ms=12.5 + i % 7, confidence=0.9, label="person")
+        agent.record_inference(
+            task="detect",
+            model="yolo-n",
+            model_version="1.0.0",
+            latency_ms=12.5 + i % 7,
+            confidence=0.9,
+            label="person",
+        )
     queued = time.monotonic() - started
     while agent.outbox.depth():
         time.sleep(0.01)

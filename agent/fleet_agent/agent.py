@@ -10,7 +10,6 @@ run``, a shared pool in the simulator), so a long download never stalls the sess
 import dataclasses
 import json
 import logging
-import math
 import os
 import threading
 import time
@@ -22,14 +21,13 @@ from fleet_agent import __version__
 from fleet_agent.enroll import EnrollError, Paths, certificate, load_enrollment, needs_renewal, renew_certificate
 from fleet_agent.fsutil import atomic_write, atomic_write_json
 from fleet_agent.outbox import Outbox, envelope, now_ms
+from fleet_agent.schemas import parse_record
 from fleet_agent.session import Session, SessionSettings
 from fleet_agent.slots import SlotStore
 from fleet_agent.system import CpuMeter, disk_percent, mem_percent, temperature_c
 from fleet_agent.updates import NoUpdateSource, Updater, UpdateSettings, UpdateSource
 
 log = logging.getLogger(__name__)
-
-ROUTES = ("local", "cloud", "denied")
 
 
 @dataclass
@@ -176,39 +174,30 @@ class Agent:
         model_version: str | None = None,
         ts: int | None = None,
     ) -> None:
-        """Queue one inference record (durably, on disk); it is published in the next batch."""
-        if not isinstance(task, str) or not task:
-            raise ValueError("task must be a non-empty string")
-        if not isinstance(latency_ms, int | float) or not math.isfinite(latency_ms) or latency_ms < 0:
-            raise ValueError("latency_ms must be a finite number >= 0")
-        if confidence is not None and not (isinstance(confidence, int | float) and 0 <= confidence <= 1):
-            raise ValueError("confidence must be between 0 and 1, or None")
-        if route not in ROUTES:
-            raise ValueError(f"route must be one of {ROUTES}")
-        for name, value, limit in (
-            ("task", task, 64),
-            ("label", label, 128),
-            ("error", error, 64),
-            ("cloud_model", cloud_model, 128),
-            ("model", model, 128),
-            ("model_version", model_version, 64),
-        ):
-            if value is not None and (not isinstance(value, str) or len(value) > limit):
-                raise ValueError(f"{name} must be a string of at most {limit} characters")
+        """Queue one inference record (durably, on disk); it is published in the next batch. ``model`` and
+        ``model_version`` default to the active slot's. Raises ValueError for a record the platform
+        would refuse."""
+        model = model if model is not None else self._model["name"]
+        model_version = model_version if model_version is not None else self._model["version"]
+        if not model or not model_version:
+            raise ValueError("no model is installed in the slots: pass model= and model_version=")
         record = {
             "ts": ts if ts is not None else now_ms(),
             "task": task,
-            "model": model if model is not None else (self._model["name"] or ""),
-            "model_version": model_version if model_version is not None else (self._model["version"] or ""),
-            "latency_ms": round(float(latency_ms), 3),
+            "model": model,
+            "model_version": model_version,
+            "latency_ms": latency_ms,
             "confidence": confidence,
             "label": label,
             "route": route,
             "cloud_model": cloud_model,
-            "tokens_in": int(tokens_in),
-            "tokens_out": int(tokens_out),
+            "tokens_in": tokens_in,
+            "tokens_out": tokens_out,
             "error": error,
         }
+        # The platform's own record rules (fleet_agent.schemas): a record it would refuse never enters the
+        # queue, the application gets the ValueError (SchemaError) naming the field instead.
+        parse_record(record, index=0, now=record["ts"] if ts is None else now_ms())
         self.outbox.add_records([record])
         if self._probation["failed"] is None and self.updater_in_probation:
             self._count_probation(error is not None)

@@ -70,7 +70,9 @@ def test_recorded_inferences_are_published_in_batches_and_removed_after_puback(
     enroll_device(platform_url, state, "cam-tele")
     agent = running(state)
     for i in range(1200):
-        agent.record_inference(task="detect", latency_ms=i, confidence=0.5, label="person")
+        agent.record_inference(
+            task="detect", model="yolo-n", model_version="1.0.0", latency_ms=i, confidence=0.5, label="person"
+        )
     seen = observer.wait_for(lambda m: len(records_of(m, "cam-tele")) >= 1200)
     records = records_of(seen, "cam-tele")
     assert [r["latency_ms"] for r in records] == [float(i) for i in range(1200)]
@@ -101,12 +103,12 @@ def test_records_made_while_the_broker_is_down_are_all_delivered_after_it_return
         agent = running(state)
         wait_until(lambda: agent.session.connected)
         for i in range(100):
-            agent.record_inference(task="detect", latency_ms=i)
+            agent.record_inference(task="detect", model="yolo-n", model_version="1.0.0", latency_ms=i)
         wait_until(lambda: agent.outbox.depth() == 0)
         mqtt_broker_tx.stop()
         wait_until(lambda: not agent.session.connected)
         for i in range(100, 1100):
-            agent.record_inference(task="detect", latency_ms=i)
+            agent.record_inference(task="detect", model="yolo-n", model_version="1.0.0", latency_ms=i)
         time.sleep(1.5)  # the agent keeps trying to reconnect meanwhile
         assert agent.outbox.depth() == 1000
         mqtt_broker_tx.start()

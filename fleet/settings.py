@@ -232,3 +232,17 @@ CELERY_BEAT_SCHEDULE["policies-reconcile"] = {
     "task": "policies.tasks.reconcile_policies",
     "schedule": POLICY_RECONCILE_SECONDS,
 }
+
+# Model updates (ota): artifact size cap, metadata lifetimes, periodic work (docs/updates.md).
+OTA_MAX_ARTIFACT_BYTES = env_int("OTA_MAX_ARTIFACT_BYTES", 2 * 1024**3, minimum=1)
+OTA_ROOT_EXPIRY_DAYS = env_int("OTA_ROOT_EXPIRY_DAYS", 365, minimum=1)
+OTA_TARGETS_EXPIRY_DAYS = env_int("OTA_TARGETS_EXPIRY_DAYS", 30, minimum=1)
+OTA_TIMESTAMP_EXPIRY_HOURS = env_int("OTA_TIMESTAMP_EXPIRY_HOURS", 24, minimum=1)
+OTA_DIRECTOR_EXPIRY_HOURS = env_int("OTA_DIRECTOR_EXPIRY_HOURS", 168, minimum=2)
+CELERY_BEAT_SCHEDULE.update(
+    {
+        "ota-rollout-gates": {"task": "ota.tasks.rollout_gates_tick", "schedule": 60.0},
+        "ota-rollout-sync-targets": {"task": "ota.tasks.rollout_sync_targets", "schedule": 600.0},
+        "ota-timestamp-refresh": {"task": "ota.tasks.timestamp_refresh", "schedule": 3600.0},
+    }
+)

@@ -6,6 +6,7 @@ from telemetry.api.views import MetricsView
 
 urlpatterns = [
     path("api/v1/", include("fleet.api.urls")),
+    path("ota/", include("ota.urls")),
     path("v1/", include("policies.urls")),
     path("healthz", views.healthz, name="healthz"),
     path("metrics", MetricsView.as_view(), name="metrics"),

@@ -12,6 +12,7 @@ from django.db import connection
 
 from devices.models import Device
 from fleet_agent import schemas
+from ota.ingest import store_ota_status
 from policies.ingest import store_llm_usage
 from telemetry.ingest_contract import DeviceMessage, Rejection, Sink, count_rows_written
 from telemetry.models import DevicePresence
@@ -222,6 +223,5 @@ SINKS: dict[str, Sink] = {
     schemas.LEAF_HEARTBEAT: store_heartbeats,
     schemas.LEAF_STATUS: store_status,
     schemas.LEAF_LLM_USAGE: store_llm_usage,
-    # Added after merging the OTA branch:
-    # schemas.LEAF_OTA_STATUS: ota.ingest.store_ota_status,
+    schemas.LEAF_OTA_STATUS: store_ota_status,
 }

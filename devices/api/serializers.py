@@ -2,6 +2,7 @@ from rest_framework import serializers
 
 from devices.models import Device, DeviceGroup, EnrollmentToken
 from fleet_agent.protocol import DEVICE_ID_PATTERN
+from ota.api.serializers import UpdateTrustSerializer
 
 
 def tag_list() -> serializers.ListField:
@@ -142,6 +143,7 @@ class EnrollOutputSerializer(serializers.Serializer):
     ca_chain = serializers.CharField()
     mqtt_url = serializers.CharField()
     api_url = serializers.CharField()
+    update_trust = UpdateTrustSerializer()
     policy_public_key = serializers.CharField(help_text="PEM Ed25519 key that signs the device's LLM policy.")
 
 

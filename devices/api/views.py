@@ -16,6 +16,7 @@ from devices.models import DeviceCertificate, DeviceGroup, DeviceStatus, Enrollm
 from devices.permissions import IsDevice
 from fleet.api.pagination import IdCursorPagination
 from fleet.services import Actor
+from ota.selectors import update_trust_bootstrap
 from policies.signing import policy_public_key_pem
 
 
@@ -168,6 +169,8 @@ class EnrollView(APIView):
         ) | {
             "device_token": result.device_token,
             "api_url": settings.PUBLIC_URL,
+            # The two trusted update roots and repository URLs (docs/updates.md, "Device update flow").
+            "update_trust": update_trust_bootstrap(),
             # Devices verify their signed LLM policy (devices/{id}/policy) with this key.
             "policy_public_key": policy_public_key_pem(),
         }

@@ -12,6 +12,7 @@ urlpatterns = [
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema", permission_classes=[]), name="api-docs"),
     path("me/", views.MeView.as_view(), name="me"),
     path("", include("devices.api.urls")),
+    path("ota/", include("ota.api.urls")),
     path("", include("policies.api.urls")),
     path("", include("telemetry.api.urls")),
     *router.urls,

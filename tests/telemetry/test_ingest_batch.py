@@ -124,8 +124,15 @@ def test_record_with_wrong_field_type_rejects_the_whole_message():
 
 
 def test_topic_without_sink_is_dead_lettered_as_unsupported():
-    result = ingest_batch([msg("cam-1", "ota/status", schemas.envelope(seq=1, state="installing"))])
+    result = ingest_batch([msg("cam-1", "camera/snapshot", schemas.envelope(seq=1, state="installing"))])
     assert result.dead_letters == {"unsupported_topic": 1}
+
+
+def test_ota_status_goes_to_the_ota_sink():
+    make_device("cam-ota")
+    result = ingest_batch([msg("cam-ota", "ota/status", schemas.envelope(seq=1, target="x", state="bogus"))])
+    # The OTA sink validated it (and refused the unknown state): it was not "unsupported".
+    assert result.dead_letters == {"unknown_state": 1}
 
 
 def test_llm_usage_goes_to_the_policies_sink():

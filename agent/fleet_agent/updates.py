@@ -50,6 +50,8 @@ ROLLED_BACK = "rolled_back"
 # Interrupted before these phases, the active slot is untouched; from SWITCHING on, revert.
 _BEFORE_SWITCH = (ASSIGNED, DOWNLOADING, DOWNLOADED, VERIFYING, INSTALLING)
 MAX_INTERRUPTED_ATTEMPTS = 3
+# A check that failed for these reasons (repository unreachable) is retried at the next trigger, unreported.
+TRANSIENT_REASONS = frozenset({"download_failed"})
 DEFAULT_MAX_ARTIFACT_BYTES = 1024**3
 
 
@@ -217,6 +219,9 @@ class Updater:
             try:
                 update = self.source.check()
             except UpdateRejected as exc:
+                if exc.reason in TRANSIENT_REASONS:
+                    log.warning("update check failed (will retry): %s", exc)
+                    return Outcome(FAILED, exc.reason, exc.detail)
                 history = self._history()
                 key = f"{exc.target}:{exc.reason}"
                 if key not in history["rejected"]:  # the retained assignment comes back on every reconnect

@@ -56,7 +56,15 @@ def platform_url(live_server, mqtt_broker_tx) -> str:
     return live_server.url
 
 
-def enroll_device(platform_url: str, state_dir: Path, device_id: str, *, settings: dict | None = None, **kwargs):
+def enroll_device(
+    platform_url: str,
+    state_dir: Path,
+    device_id: str,
+    *,
+    settings: dict | None = None,
+    hardware_class: str = "test-hw",
+    **kwargs,
+):
     from fleet_agent.enroll import enroll
     from tests.factories import make_token
 
@@ -65,7 +73,7 @@ def enroll_device(platform_url: str, state_dir: Path, device_id: str, *, setting
         token=make_token(),
         state_dir=state_dir,
         device_id=device_id,
-        hardware_class="test-hw",
+        hardware_class=hardware_class,
         **kwargs,
     )
     if settings:

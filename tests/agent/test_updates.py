@@ -198,3 +198,14 @@ def test_corrupted_active_slot_is_replaced_by_the_verified_one_at_start(tmp_path
     restarted.recover()
     assert store.active_slot() == "a" and store.verify("a")
     assert reports[-1][0::2] == ("rolled_back", "slot_corrupt")
+
+
+def test_unreachable_repository_is_retried_quietly(tmp_path, store, make_updater):
+    source = LocalSource(None, reject=UpdateRejected("download_failed", "connection refused", "unknown"))
+    updater, reports = make_updater(source)
+    assert updater.check_and_apply().reason == "download_failed"
+    assert reports == []
+    source.reject = None
+    artifact = make_artifact(tmp_path / "repo")
+    source.update, source.serve = update_for(artifact), artifact
+    assert updater.check_and_apply().state == "succeeded"

@@ -50,6 +50,7 @@ class AgentSettings:
     reconnect_max_s: float = 120.0
     hardware_class: str = ""  # empty: the one given at enrollment
     write_runtime_file: bool = True
+    isolate_update_checks: bool = True  # TUF checks in a child process (keeps the agent's memory small)
 
     @classmethod
     def load(cls, path: Path, **overrides) -> "AgentSettings":
@@ -151,6 +152,7 @@ class Agent:
             hardware_class=self.hardware_class,
             max_artifact_bytes=int(self.settings.max_artifact_mb * 1024 * 1024),
             installed_counter=self._installed_counter,
+            isolated=self.settings.isolate_update_checks,
         )
 
     def _installed_counter(self) -> int | None:

@@ -93,9 +93,13 @@ class Simulator:
         self.records_per_s = records_per_s
         self.profiles = profiles or DEFAULT_PROFILES
         self.workers = max(1, workers)
-        self.settings = {"write_runtime_file": False, "heartbeat_interval_s": 30.0, "probation_s": 10.0} | (
-            settings or {}
-        )
+        # In-process TUF checks: one process serves all the devices (a child per check would not scale).
+        self.settings = {
+            "write_runtime_file": False,
+            "heartbeat_interval_s": 30.0,
+            "probation_s": 10.0,
+            "isolate_update_checks": False,
+        } | (settings or {})
         self.source_factory = source_factory
         self.hardware_class = hardware_class
         self.rng = random.Random(seed)

@@ -3,6 +3,9 @@ director pointed at it, the retained assignment pointer published; the running a
 and image metadata with TUF (fleet_agent.uptane, from the roots it got at enrollment), installs into its
 A/B slots, health-checks, and every state reaches the platform."""
 
+import subprocess
+import sys
+
 import pytest
 
 from fleet_agent.slots import SlotStore
@@ -60,3 +63,16 @@ def test_release_for_other_hardware_is_refused_by_tuf_verification(tuf_device, o
     seen = observer.wait_for(lambda m: ota_states(m, "cam-tuf-hw"), timeout=60)
     assert ota_states(seen, "cam-tuf-hw") == [("failed", "wrong_hardware")]
     assert agent.active_model()["version"] == "0.9.0"
+
+
+def test_the_agent_process_itself_never_loads_the_tuf_client(tuf_device):
+    """Checks run in a child process, so the long-running agent keeps its memory small (docs/agent.md)."""
+    state = tuf_device("cam-tuf-lean")
+    script = (
+        "import sys\nfrom pathlib import Path\nfrom fleet_agent.agent import Agent\n"
+        f"agent = Agent(Path({str(state)!r}))\n"
+        "agent.start()\nagent._update_job()\n"
+        "print(type(agent.updater.source).__name__, 'tuf' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.split()[-2:] == ["UptaneSource", "False"]

@@ -1,5 +1,6 @@
 from dataclasses import dataclass
 
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.exceptions import AuthenticationFailed
 
@@ -48,3 +49,18 @@ class DeviceTokenAuthentication(BaseAuthentication):
 def device_of(request) -> Device | None:
     user = getattr(request, "user", None)
     return user.device if isinstance(user, DevicePrincipal) else None
+
+
+class DeviceTokenScheme(OpenApiAuthenticationExtension):
+    """Documents ``Authorization: Device <token>`` in the OpenAPI schema."""
+
+    target_class = "devices.authentication.DeviceTokenAuthentication"
+    name = "deviceToken"
+
+    def get_security_definition(self, auto_schema):
+        return {
+            "type": "apiKey",
+            "in": "header",
+            "name": "Authorization",
+            "description": "`Device <token>`: the device token returned at enrollment.",
+        }

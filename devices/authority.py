@@ -1,10 +1,12 @@
 """The platform's device CA: created on first use, its key decrypted once per process.
 
-Decrypting the PKCS#8 key runs a deliberately slow KDF, so the loaded key is cached per process; the
-cache is keyed by the CA row so a rotated CA is picked up.
+Decrypting the PKCS#8 key runs a deliberately slow KDF, so the loaded key is cached per process. The
+cache is keyed by the CA row and the row is looked up again at most every CA_RECHECK_SECONDS, so a
+rotated CA is picked up within that time without a query on every enrollment.
 """
 
 import datetime as dt
+import time
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -24,10 +26,22 @@ class LoadedCa:
     certificate_pem: str
 
 
+CA_RECHECK_SECONDS = 30.0
 _cache: dict[int, LoadedCa] = {}
+_checked_at = 0.0
+
+
+def clear_cache() -> None:
+    """Forget the loaded CA (tests roll the database back under the process; production never needs it)."""
+    global _checked_at
+    _cache.clear()
+    _checked_at = 0.0
 
 
 def active_ca() -> LoadedCa:
+    global _checked_at
+    if _cache and time.monotonic() - _checked_at < CA_RECHECK_SECONDS:
+        return next(iter(_cache.values()))
     row = CertificateAuthority.objects.filter(active=True).first()
     if row is None:
         row = _create_ca()
@@ -41,6 +55,7 @@ def active_ca() -> LoadedCa:
         )
         _cache.clear()
         _cache[row.pk] = loaded
+    _checked_at = time.monotonic()
     return loaded
 
 
@@ -58,8 +73,10 @@ def _create_ca() -> CertificateAuthority:
         return CertificateAuthority.objects.get(active=True)
 
 
-def issue_client_certificate(*, public_key, common_name: str, days: int | None = None) -> x509.Certificate:
-    authority = active_ca()
+def issue_client_certificate(
+    *, public_key, common_name: str, days: int | None = None, authority: LoadedCa | None = None
+) -> x509.Certificate:
+    authority = authority or active_ca()
     return ca.issue_certificate(
         ca_key=authority.key,
         ca_cert=authority.certificate,

@@ -6,13 +6,14 @@ import secrets
 from dataclasses import dataclass
 
 from cryptography import x509
-from django.db import IntegrityError, transaction
-from django.db.models import F, Q
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from devices import authority
 from devices.ca import CsrError, cert_pem, check_csr
 from devices.models import Device, DeviceCertificate, DeviceGroup, DeviceStatus, EnrollmentToken, Tag
+from devices.tasks import crl_refresh
 from fleet.errors import ApiError
 from fleet.services import Actor, audit_record
 from fleet_agent.protocol import is_valid_device_id
@@ -157,25 +158,44 @@ class EnrollmentResult:
     ca_chain_pem: str
 
 
-def _claim_token_use(secret: str) -> EnrollmentToken:
+@dataclass(frozen=True)
+class ClaimedToken:
+    id: int
+    group_id: int | None
+    auto_accept: bool
+    has_tags: bool  # lets enrollment skip reading the tags of the (common) token without any
+
+
+def _claim_token_use(secret: str) -> ClaimedToken:
     """Take one use of an enrollment token, or raise with the reason it cannot be used.
 
     The conditional UPDATE ... WHERE uses < max_uses is the race guard: two devices enrolling with the
-    last use at once both run it, the database serialises them on the row, and only one sees a row
-    count of 1. The caller's transaction rolls the use back if enrollment fails later.
+    last use at once both run it, the database serialises them on the row, and only one gets a row
+    back. RETURNING gives what enrollment needs in the same round trip (enrollment is the hot path:
+    see docs/performance.md); the reason for a refusal is only looked up when there is one. The
+    caller's transaction rolls the use back if enrollment fails later.
     """
     if not isinstance(secret, str) or not secret:
         raise ApiError("token_missing", "An enrollment token is required.", status_code=400, field="token")
     token_hash = hash_secret(secret)
     now = timezone.now()
-    claimed = (
-        EnrollmentToken.objects.filter(token_hash=token_hash, revoked_at__isnull=True, uses__lt=F("max_uses"))
-        .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
-        .update(uses=F("uses") + 1)
-    )
-    token = EnrollmentToken.objects.select_related("group").filter(token_hash=token_hash).first()
-    if claimed == 1:
-        return token
+    table = EnrollmentToken._meta.db_table
+    tags_table = EnrollmentToken.tags.through._meta.db_table
+    with connection.cursor() as cursor:
+        # Plain SQL because the ORM's update() cannot return columns; RETURNING works on PostgreSQL
+        # and on the SQLite of the embedded run (3.35+).
+        cursor.execute(
+            f"UPDATE {table} SET uses = uses + 1 "  # noqa: S608 - the table name comes from the model
+            "WHERE token_hash = %s AND revoked_at IS NULL AND uses < max_uses "
+            "AND (expires_at IS NULL OR expires_at > %s) "
+            f"RETURNING id, group_id, auto_accept, EXISTS (SELECT 1 FROM {tags_table} "
+            f"WHERE {tags_table}.enrollmenttoken_id = {table}.id)",
+            [token_hash, now],
+        )
+        row = cursor.fetchone()
+    if row is not None:
+        return ClaimedToken(id=row[0], group_id=row[1], auto_accept=bool(row[2]), has_tags=bool(row[3]))
+    token = EnrollmentToken.objects.filter(token_hash=token_hash).first()
     if token is None:
         raise ApiError("token_unknown", "The enrollment token is not known.", status_code=401, field="token")
     if token.revoked_at is not None:
@@ -241,32 +261,34 @@ def device_enroll(
     try:
         with transaction.atomic():
             enrollment_token = _claim_token_use(token)
-            if Device.objects.filter(pk=final_id).exists():
-                raise ApiError(
-                    "device_id_taken",
-                    f"Device id {final_id!r} is already enrolled.",
-                    status_code=409,
-                    field="device_id",
-                )
+            # No existence check first: a taken id fails the primary-key insert below (IntegrityError,
+            # handled after the transaction), which also covers two enrollments racing for one id.
             active = enrollment_token.auto_accept
             device = Device.objects.create(
                 id=final_id,
                 name=name or final_id,
-                group=enrollment_token.group,
+                group_id=enrollment_token.group_id,
                 hardware_class=hardware_class,
                 runtime=runtime,
                 agent_version=agent_version,
                 status=DeviceStatus.ACTIVE if active else DeviceStatus.PENDING,
                 token_hash=hash_secret(device_secret),
                 pending_csr_pem="" if active else csr_pem,
-                enrollment_token=enrollment_token,
+                enrollment_token_id=enrollment_token.id,
             )
-            token_tags = list(enrollment_token.tags.all())
-            if token_tags:
-                device.tags.set(token_tags)
+            if enrollment_token.has_tags:
+                tag_ids = EnrollmentToken.tags.through.objects.filter(
+                    enrollmenttoken_id=enrollment_token.id
+                ).values_list("tag_id", flat=True)
+                Device.tags.through.objects.bulk_create(
+                    [Device.tags.through(device_id=final_id, tag_id=tag_id) for tag_id in tag_ids]
+                )
             certificate = None
+            ca = authority.active_ca()
             if active:
-                cert = authority.issue_client_certificate(public_key=checked.csr.public_key(), common_name=final_id)
+                cert = authority.issue_client_certificate(
+                    public_key=checked.csr.public_key(), common_name=final_id, authority=ca
+                )
                 _store_certificate(device, cert)
                 certificate = cert_pem(cert)
             audit_record(
@@ -276,14 +298,15 @@ def device_enroll(
                 object_id=final_id,
                 after={
                     "status": device.status,
-                    "enrollment_token": enrollment_token.pk,
+                    "enrollment_token": enrollment_token.id,
                     "hardware_class": hardware_class,
                     "runtime": runtime,
                     "agent_version": agent_version,
                 },
             )
     except IntegrityError as exc:
-        # Two enrollments raced for the same id; the loser sees the primary-key violation.
+        # The id is taken (enrolled before, or by a concurrent enrollment): the primary-key violation
+        # rolled everything back, the token use included.
         raise ApiError(
             "device_id_taken", f"Device id {final_id!r} is already enrolled.", status_code=409, field="device_id"
         ) from exc
@@ -291,7 +314,7 @@ def device_enroll(
         device=device,
         device_token=device_secret,
         certificate_pem=certificate,
-        ca_chain_pem=authority.active_ca().certificate_pem,
+        ca_chain_pem=ca.certificate_pem,
     )
 
 
@@ -342,6 +365,8 @@ def device_revoke(*, actor: Actor, device: Device, reason: str = "") -> Device:
             before={"status": before},
             after={"status": DeviceStatus.REVOKED, "reason": reason, "revoked_certificates": revoked_serials},
         )
+        # The broker must refuse the revoked certificates: rewrite its CRL once this is committed.
+        transaction.on_commit(crl_refresh.delay)
     return device
 
 

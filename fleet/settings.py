@@ -144,7 +144,7 @@ STORAGES = {
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "fleet.api.authentication.OperatorTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
         "devices.authentication.DeviceTokenAuthentication",
     ],
@@ -184,6 +184,8 @@ CELERY_BEAT_SCHEDULE: dict = {
     "telemetry-rollups": {"task": "telemetry.rollups_update", "schedule": 30.0},
     "telemetry-partitions": {"task": "telemetry.partitions_maintain", "schedule": 3600.0},
     "telemetry-retention": {"task": "telemetry.retention_apply", "schedule": 3600.0},
+    # Keep the broker's revocation list fresh: it is valid for FLEET_CRL_DAYS, rewritten every hour.
+    "devices-crl-refresh": {"task": "devices.crl_refresh", "schedule": 3600.0},
 }
 
 # MQTT: where devices connect (returned at enrollment) and where the platform's own clients connect.
@@ -239,9 +241,11 @@ OTA_ROOT_EXPIRY_DAYS = env_int("OTA_ROOT_EXPIRY_DAYS", 365, minimum=1)
 OTA_TARGETS_EXPIRY_DAYS = env_int("OTA_TARGETS_EXPIRY_DAYS", 30, minimum=1)
 OTA_TIMESTAMP_EXPIRY_HOURS = env_int("OTA_TIMESTAMP_EXPIRY_HOURS", 24, minimum=1)
 OTA_DIRECTOR_EXPIRY_HOURS = env_int("OTA_DIRECTOR_EXPIRY_HOURS", 168, minimum=2)
+# How often the rollout gates are evaluated (seconds).
+OTA_GATE_TICK_SECONDS = env_int("OTA_GATE_TICK_SECONDS", 60, minimum=1)
 CELERY_BEAT_SCHEDULE.update(
     {
-        "ota-rollout-gates": {"task": "ota.tasks.rollout_gates_tick", "schedule": 60.0},
+        "ota-rollout-gates": {"task": "ota.tasks.rollout_gates_tick", "schedule": OTA_GATE_TICK_SECONDS},
         "ota-rollout-sync-targets": {"task": "ota.tasks.rollout_sync_targets", "schedule": 600.0},
         "ota-timestamp-refresh": {"task": "ota.tasks.timestamp_refresh", "schedule": 3600.0},
     }

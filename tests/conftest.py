@@ -10,6 +10,25 @@ def django_db_modify_db_settings(postgres_server):
     """Tests run on the real PostgreSQL started for this session (tests/services.py)."""
 
 
+@pytest.fixture(autouse=True, scope="session")
+def fast_password_hashing():
+    """Production hashes passwords with PBKDF2 at ~1M iterations (hundreds of ms each): right for a login,
+    pure waste for the thousands of throwaway accounts the tests create."""
+    from django.conf import settings
+
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def fresh_device_ca():
+    """Each test's database starts without a CA (rolled back): forget the one a previous test loaded."""
+    from devices import authority
+
+    authority.clear_cache()
+    yield
+    authority.clear_cache()
+
+
 @pytest.fixture
 def test_database_url(django_db_setup, postgres_server) -> str:
     """The URL of the test database, for processes the test starts (workers, servers)."""
@@ -44,3 +63,10 @@ def viewer_api(db) -> APIClient:
 @pytest.fixture
 def anon_api() -> APIClient:
     return APIClient()
+
+
+def device_client_for(device_token: str) -> APIClient:
+    """An API client that authenticates as a device (the credential it received at enrollment)."""
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Device {device_token}")
+    return client

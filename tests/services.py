@@ -154,8 +154,10 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def redis_server():
+    """Always up: services enqueue Celery tasks on commit (e.g. the CRL refresh after a revocation), and
+    with CELERY_BROKER_URL pointing here they land in a real Redis instead of failing to connect."""
     process = subprocess.Popen(
         [
             find_binary("redis-server"),
@@ -205,11 +207,8 @@ class MosquittoBroker:
         self.stop()
         self.start()
 
-    def write_crl_and_reload(self) -> None:
-        """Rewrite the revocation list from the database and make the broker re-read its config."""
-        from fleet.broker import write_crl
-
-        write_crl(BROKER_DIR)
+    def reload(self) -> None:
+        """SIGHUP: Mosquitto re-reads its configuration, including the revocation list."""
         self.process.send_signal(signal.SIGHUP)
         time.sleep(0.3)
 

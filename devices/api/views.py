@@ -16,6 +16,7 @@ from devices.models import DeviceCertificate, DeviceGroup, DeviceStatus, Enrollm
 from devices.permissions import IsDevice
 from fleet.api.pagination import IdCursorPagination
 from fleet.services import Actor
+from fleet_agent.protocol import DEVICE_ID_PATTERN
 from ota.selectors import update_trust_bootstrap
 from policies.signing import policy_public_key_pem
 
@@ -28,6 +29,7 @@ class DeviceGroupViewSet(viewsets.ModelViewSet):
     serializer_class = s.DeviceGroupSerializer
     queryset = DeviceGroup.objects.all()
     lookup_field = "name"
+    lookup_value_regex = r"[-a-zA-Z0-9_]+"  # slugs; anything else is a 404 from the URL resolver
     pagination_class = IdCursorPagination
 
     def perform_create(self, serializer):
@@ -50,12 +52,17 @@ class DeviceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
 
     filterset_class = DeviceFilterSet
     http_method_names = ["get", "patch", "post", "head", "options"]
+    lookup_value_regex = DEVICE_ID_PATTERN  # anything that cannot be a device id is a 404
 
     def get_queryset(self):
         return selectors.device_detail() if self.action == "retrieve" else selectors.device_list()
 
     def get_serializer_class(self):
         return s.DeviceDetailSerializer if self.action == "retrieve" else s.DeviceSerializer
+
+    def paginate_queryset(self, queryset):
+        page = super().paginate_queryset(queryset)
+        return selectors.with_tag_names(page) if page is not None else None
 
     @extend_schema(request=s.DeviceUpdateSerializer, responses=s.DeviceDetailSerializer)
     def partial_update(self, request, pk=None):
@@ -107,6 +114,7 @@ class DeviceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
 class EnrollmentTokenViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     queryset = EnrollmentToken.objects.select_related("group", "created_by").prefetch_related("tags")
     serializer_class = s.EnrollmentTokenSerializer
+    lookup_value_regex = r"[0-9]{1,18}"  # fits a bigint
 
     @extend_schema(request=s.EnrollmentTokenCreateSerializer, responses={201: s.EnrollmentTokenCreatedSerializer})
     def create(self, request):

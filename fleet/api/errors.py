@@ -3,7 +3,10 @@
 Clients (and the device agent) branch on ``code`` and on the per-field codes, never on message text.
 """
 
+import logging
+
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import DataError
 from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -39,7 +42,17 @@ def _field_errors(detail) -> dict:
     return {"": [{"code": getattr(detail, "code", "invalid"), "message": str(detail)}]}
 
 
+logger = logging.getLogger(__name__)
+
+
 def api_exception_handler(exc, context):
+    if isinstance(exc, DataError):
+        # A value the database refused (NUL in text, a number out of range, ...) that input validation
+        # let through: the client's input, so a 400, but logged, because the validation should have
+        # caught it (tests/fleet/test_input_hardening.py lists the ones found so far).
+        logger.warning("database refused a request value in %s: %s", context.get("view"), exc)
+        body = {"error": {"code": "invalid_value", "message": "A value in the request cannot be stored or compared."}}
+        return Response(body, status=status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, ApiError):
         body = {"error": {"code": exc.error_code, "message": str(exc.detail)}}
         if exc.field:

@@ -6,6 +6,7 @@ from fleet.api import views
 
 router = SimpleRouter(trailing_slash=True)
 router.register("audit-events", views.AuditEventViewSet, basename="audit-event")
+router.register("operators", views.OperatorViewSet, basename="operator")
 
 urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(permission_classes=[]), name="schema"),

@@ -7,9 +7,11 @@ nothing cannot pass it.
 import time
 
 import pytest
+from cryptography import x509
 from django.conf import settings
 
 from devices import services as device_services
+from fleet import celery_app
 from fleet.mqtt import publish_retained
 from fleet.services import Actor
 from tests.factories import make_device
@@ -125,13 +127,24 @@ def test_device_cannot_write_its_own_policy_or_assignment(two_devices):
     assert payloads(device_a.messages()) == [("devices/cam-alpha/policy", b"from-platform")]
 
 
-def test_revoked_certificate_is_refused(mqtt_broker):
+def test_revoked_certificate_is_refused(mqtt_broker, django_capture_on_commit_callbacks):
     result, key = make_device("cam-revoked")
     before = connect_device(result, key)
     assert before.connect_reason == 0
     before.close()
-    device_services.device_revoke(actor=Actor.system("tests"), device=result.device, reason="stolen")
-    mqtt_broker.write_crl_and_reload()
+    serial = x509.load_pem_x509_certificate(result.certificate_pem.encode()).serial_number
+    crl_path = settings.MQTT_TLS_DIR / "device-crl.pem"
+    assert x509.load_pem_x509_crl(crl_path.read_bytes()).get_revoked_certificate_by_serial_number(serial) is None
+    celery_app.conf.task_always_eager = True
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            device_services.device_revoke(actor=Actor.system("tests"), device=result.device, reason="stolen")
+    finally:
+        celery_app.conf.task_always_eager = False
+    # The revocation rewrote the broker's CRL (devices.crl_refresh, enqueued on commit) ...
+    assert x509.load_pem_x509_crl(crl_path.read_bytes()).get_revoked_certificate_by_serial_number(serial)
+    # ... and once the broker re-reads it, the certificate is refused.
+    mqtt_broker.reload()
     after = connect_device(result, key)
     assert not (after.connected.is_set() and after.connect_reason == 0)
     after.close()

@@ -100,12 +100,19 @@ class Command(BaseCommand):
             child.process = subprocess.Popen(child.argv, env=os.environ | child.env)
             self.stdout.write(f"started {child.name} (pid {child.process.pid})")
         self.stdout.write(f"The platform is up: http://{host}:{port}/  (Ctrl-C stops everything)")
+        broker = next(child for child in children if child.name == "broker")
+        crl_path = settings.MQTT_TLS_DIR / "device-crl.pem"
+        crl_mtime = crl_path.stat().st_mtime
         try:
             while not stopping:
                 for child in children:
                     if child.process.poll() is not None:
                         self.stderr.write(f"{child.name} exited with {child.process.returncode}; stopping")
                         stopping = True
+                # A revocation (or the periodic refresh) rewrote the CRL: make Mosquitto re-read it.
+                if crl_path.stat().st_mtime != crl_mtime:
+                    crl_mtime = crl_path.stat().st_mtime
+                    broker.process.send_signal(signal.SIGHUP)
                 time.sleep(0.5)
         finally:
             for child in reversed(children):

@@ -33,6 +33,20 @@ def manage(*args: str) -> list[str]:
     return [sys.executable, str(settings.BASE_DIR / "manage.py"), *args]
 
 
+def simulator_child(*, host: str, port: int, devices: int) -> Child:
+    """A small simulated fleet (fleet-agent simulate), so a newcomer sees devices report within a minute.
+    Its devices keep their state under FLEET_STATE_DIR/sim, so a restart reuses them."""
+    from devices.services import enrollment_token_create
+    from fleet.services import Actor
+
+    token = enrollment_token_create(
+        actor=Actor.system("make run"), name="make run: simulated fleet", max_uses=devices, auto_accept=True
+    ).secret
+    argv = [sys.executable, "-m", "fleet_agent.cli", "simulate", "--server", f"http://{host}:{port}"]
+    argv += ["--token", token, "--devices", str(devices), "--dir", str(settings.STATE_DIR / "sim")]
+    return Child("simulator", argv)
+
+
 def platform_children(*, host: str, port: int) -> list[Child]:
     """The processes of the embedded platform, in start order."""
     device_host, device_port, _ = broker_address(settings.MQTT_URL)
@@ -65,12 +79,15 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--host", default="127.0.0.1")
         parser.add_argument("--port", type=int, default=8000)
+        parser.add_argument("--sim-devices", type=int, default=25, help="simulated devices (0: none)")
 
-    def handle(self, *args, host: str, port: int, **options):
+    def handle(self, *args, host: str, port: int, sim_devices: int, **options):
         settings.STATE_DIR.mkdir(parents=True, exist_ok=True)
         call_command("migrate", interactive=False, verbosity=0)
         call_command("ensure_operator", url=f"http://{host}:{port}")
         children = platform_children(host=host, port=port)
+        if sim_devices > 0:
+            children.append(simulator_child(host=host, port=port, devices=sim_devices))
         stopping = False
 
         def stop(signum, frame):

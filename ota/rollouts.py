@@ -522,6 +522,11 @@ def rollout_evaluate(*, rollout: Rollout, now: dt.datetime | None = None) -> dic
             decision = "rollback" if rollout.on_failure == OnFailure.ROLLBACK else "pause"
         elif verdict == gates.PASS and soaked and _in_window(rollout, now):
             decision = "complete" if rollout.current_stage + 1 >= len(rollout.stages) else "advance"
+            # A rollout is complete when its devices are done, not only when the gates' evidence suffices:
+            # completing stops following the devices' reports, so one still installing would be left in
+            # limbo. Devices that stay silent reach timed_out (device_timeout_seconds), so this ends.
+            if decision == "complete" and rollout.devices.filter(active=True, state__in=IN_FLIGHT_STATES).exists():
+                decision = "wait"
         else:
             decision = "wait"
         snapshot = {

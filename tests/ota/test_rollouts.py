@@ -315,6 +315,21 @@ def test_healthy_cohorts_carry_the_rollout_to_everyone(fleet_on_v1):
     assert {"cohort", "control", "gates", "decision"} <= set(evaluations.first().after)
 
 
+def test_rollout_does_not_complete_while_a_device_is_still_installing(fleet_on_v1):
+    _ids, _v1, v2 = fleet_on_v1
+    install_gate = {"install_failure_rate": {"threshold": 0.25, "min_samples": 2}}
+    rollout = start(v2, stages=[{"share": 1.0, "soak_seconds": 0, "gates": install_gate}])
+    simulate(rollout, start=T0)  # every device reports succeeded ...
+    straggler = devices_in(rollout, assigned=True)[0]
+    report(straggler, v2.target_path, "health_checking", T0 + dt.timedelta(seconds=30))  # ... but this one
+    waiting = rollouts.rollout_evaluate(rollout=rollout, now=T0 + dt.timedelta(minutes=11))
+    assert (waiting["verdict"], waiting["decision"]) == ("pass", "wait")
+    report(straggler, v2.target_path, "succeeded", T0 + dt.timedelta(minutes=12))
+    done = rollouts.rollout_evaluate(rollout=rollout, now=T0 + dt.timedelta(minutes=13))
+    assert done["decision"] == "complete"
+    assert RolloutDevice.objects.get(rollout=rollout, device_id=straggler).state == UpdateState.SUCCEEDED
+
+
 def test_slower_cohort_rolls_back_by_itself(fleet_on_v1, no_broker, django_capture_on_commit_callbacks):
     _ids, v1, v2 = fleet_on_v1
     rollout = start(v2, on_failure="rollback")

@@ -5,6 +5,8 @@ import datetime as dt
 from django.conf import settings
 from django.db import connection
 from django.db.models import Count, Exists, OuterRef, Q, QuerySet
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from devices.models import Device, DeviceStatus
 from ota import repository
@@ -52,7 +54,11 @@ def director_cached(*, token_hash: str, role: str) -> tuple[str, str, tuple | No
     if row is None:
         return None
     device_id, status, content, version, dirty, expires_at = row
-    return device_id, status, (None if version is None else (content, version, dirty, expires_at))
+    if isinstance(expires_at, str):  # SQLite (the embedded run) returns datetimes as naive UTC text
+        expires_at = parse_datetime(expires_at)
+    if expires_at is not None and timezone.is_naive(expires_at):
+        expires_at = timezone.make_aware(expires_at, dt.UTC)
+    return device_id, status, (None if version is None else (content, version, bool(dirty), expires_at))
 
 
 def rollout_list() -> QuerySet[Rollout]:

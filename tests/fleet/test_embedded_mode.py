@@ -56,3 +56,17 @@ def test_fresh_state_dir_migrates_and_prints_a_first_login(tmp_path):
     )
     assert enrolled.returncode == 0, enrolled.stderr
     assert enrolled.stdout.splitlines()[-1].split() == ["active", "True"], enrolled.stdout
+
+    # The director's hand-written SQL reads datetimes back from SQLite too (signing, then the cached path).
+    assert manage("ota_keys", "init", env=env).returncode == 0
+    director = manage(
+        "shell",
+        "-c",
+        "from django.test import Client; from tests.factories import make_device, make_token; "
+        "result, _ = make_device('cam-2', token=make_token(max_uses=1)); "
+        "auth = {'HTTP_AUTHORIZATION': 'Device ' + result.device_token}; client = Client(HTTP_HOST='localhost'); "
+        "print(*[client.get('/ota/director/timestamp.json', **auth).status_code for _ in range(2)])",
+        env=env,
+    )
+    assert director.returncode == 0, director.stderr
+    assert director.stdout.splitlines()[-1].split() == ["200", "200"], director.stdout + director.stderr

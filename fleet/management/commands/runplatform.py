@@ -83,6 +83,8 @@ class Command(BaseCommand):
 
     def handle(self, *args, host: str, port: int, sim_devices: int, **options):
         settings.STATE_DIR.mkdir(parents=True, exist_ok=True)
+        # The URL devices are told at enrollment (repositories, gateway) must be the one we serve on.
+        os.environ.setdefault("FLEET_PUBLIC_URL", f"http://{host}:{port}")
         call_command("migrate", interactive=False, verbosity=0)
         call_command("ensure_operator", url=f"http://{host}:{port}")
         children = platform_children(host=host, port=port)

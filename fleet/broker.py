@@ -10,6 +10,7 @@ three run Mosquitto with the same files and rules (docker/mosquitto/). The folde
                          certificate is ever accepted on the platform listener
     platform-ingest.*    client certificate of ingest workers (subscribe to device topics)
     platform-publisher.* client certificate of the publisher (ota/assign, policy)
+    acl-devices/-platform copied from docker/mosquitto/
     mosquitto.conf       rendered from docker/mosquitto/mosquitto.conf.template
 """
 
@@ -139,6 +140,10 @@ def broker_setup(
         )
         _write(state_dir / f"{role}.key", _key_pem(key), 0o600)
         _write(state_dir / f"{role}.crt", cert_pem(cert).encode(), 0o644)
+
+    # The ACLs go next to the certificates: Mosquitto reads only this folder (see render_config.py).
+    for acl in ("acl-devices", "acl-platform"):
+        _write(state_dir / acl, (RENDER_SCRIPT.parent / acl).read_bytes(), 0o644)
 
     user = _broker_user()
     if user:

@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
-"""Render mosquitto.conf for a state folder that holds the broker's certificates (stdlib only).
+"""Render mosquitto.conf for a state folder that holds the broker's certificates and ACLs (stdlib only).
 
     render_config.py --state-dir DIR [--device-port 8883] [--platform-port 8884] [--bind 0.0.0.0] [--out FILE]
 
-The certificates are written beforehand by `manage.py broker_setup`, which also calls this script.
+The certificates are written beforehand by `manage.py broker_setup`, which also copies the ACL files
+of this folder into the state folder and calls this script. Everything Mosquitto reads is in the state
+folder, so a broker that drops to its own user never needs to reach into the source tree (which may
+not be readable by that user).
 """
 
 import argparse
@@ -22,13 +25,11 @@ def render(
     bind_address: str = "0.0.0.0",  # noqa: S104 - the broker is meant to be reachable by devices
     platform_bind_address: str = "127.0.0.1",
     log_dest: str = "stderr",
-    config_dir: Path = CONFIG_DIR,
     run_as_user: str | None = None,
 ) -> str:
     template = string.Template((CONFIG_DIR / "mosquitto.conf.template").read_text())
     return template.substitute(
         state_dir=str(state_dir),
-        config_dir=str(config_dir),
         device_port=device_port,
         platform_port=platform_port,
         bind_address=bind_address,

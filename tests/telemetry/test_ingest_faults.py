@@ -223,3 +223,15 @@ def test_flood_of_malformed_messages_mixed_with_good_ones(workers, devices):
     reasons = set(DeadLetter.objects.values_list("reason", flat=True))
     assert {"invalid_json", "not_object", "unsupported_version", "field_missing", "ts_out_of_range"} <= reasons
     assert "device_mismatch" in reasons
+
+
+def test_health_file_moves_while_the_worker_runs_and_goes_stale_when_it_stops(workers, tmp_path):
+    health = tmp_path / "ingest-alive"
+    worker = workers(None, "--health-file", str(health))
+    wait_for(health.exists, timeout=20, what="the health file")
+    first = health.stat().st_mtime
+    wait_for(lambda: health.stat().st_mtime > first, timeout=20, what="the health file to be touched again")
+    worker.kill()
+    last = health.stat().st_mtime
+    time.sleep(7)  # longer than the touch interval: a dead worker leaves the file stale
+    assert health.stat().st_mtime == last

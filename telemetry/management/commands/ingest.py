@@ -26,6 +26,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from django.core.management.base import BaseCommand
@@ -62,9 +63,23 @@ class Delivery:
     message: InboundMessage
 
 
+HEALTH_TOUCH_INTERVAL_S = 5.0
+
+
 class IngestWorker:
-    def __init__(self, *, client_id: str, batch_rows: int, batch_messages: int, batch_ms: int, shared: bool = True):
+    def __init__(
+        self,
+        *,
+        client_id: str,
+        batch_rows: int,
+        batch_messages: int,
+        batch_ms: int,
+        shared: bool = True,
+        health_file: Path | None = None,
+    ):
         self.client_id = client_id
+        self.health_file = health_file
+        self._health_touched = 0.0
         self.subscriptions = subscriptions(shared=shared)
         self.batch_rows = batch_rows
         self.batch_messages = batch_messages
@@ -178,8 +193,20 @@ class IngestWorker:
                 if batch and self._store(batch):
                     self._ack(batch)
                     self.stored_messages += len(batch)
+                self._touch_health_file()
         finally:
             self._shutdown()
+
+    def _touch_health_file(self) -> None:
+        """Liveness for a container health check: the file's mtime moves while the loop turns and the
+        broker connection is up. A worker stuck (in a batch that never commits, or disconnected) lets it
+        go stale; the check (docker/compose.yaml) fails once it is older than a minute."""
+        now = time.monotonic()
+        if self.health_file is None or now - self._health_touched < HEALTH_TOUCH_INTERVAL_S:
+            return
+        if self.client.is_connected():
+            self.health_file.touch()
+            self._health_touched = now
 
     def _shutdown(self) -> None:
         # Queued PUBACKs go out before the DISCONNECT (one ordered packet queue).
@@ -226,8 +253,14 @@ class Command(BaseCommand):
         parser.add_argument("--batch-rows", type=int, default=5000)
         parser.add_argument("--batch-messages", type=int, default=1000)
         parser.add_argument("--batch-ms", type=int, default=200)
+        parser.add_argument(
+            "--health-file",
+            type=Path,
+            default=None,
+            help="Touch this file every few seconds while connected and working (for container health checks).",
+        )
 
-    def handle(self, *args, client_id, exclusive, batch_rows, batch_messages, batch_ms, **options):
+    def handle(self, *args, client_id, exclusive, batch_rows, batch_messages, batch_ms, health_file, **options):
         client_id = client_id or os.environ.get("INGEST_CLIENT_ID") or f"ingest-{socket.gethostname()}"
         worker = IngestWorker(
             client_id=client_id,
@@ -235,6 +268,7 @@ class Command(BaseCommand):
             batch_messages=batch_messages,
             batch_ms=batch_ms,
             shared=not exclusive,
+            health_file=health_file,
         )
 
         def on_signal(signum, frame):

@@ -199,7 +199,7 @@ def load_raw_records(database_url: str, devices: int, rows: int, seed: int = 11)
     """Raw inference records (telemetry.models.InferenceRecord, day-partitioned), when that table exists:
     rows spread over the devices within the last day."""
     try:
-        from telemetry.models import InferenceRecord  # noqa: F401 - only to know the table is there
+        from telemetry.models import INFERENCE_RECORD_COLUMNS, InferenceRecord  # noqa: F401 - the table is there
         from telemetry.partitions import ensure_partitions
     except ImportError:
         return 0
@@ -230,24 +230,7 @@ def load_raw_records(database_url: str, devices: int, rows: int, seed: int = 11)
         loaded = copy_rows(
             cur,
             "telemetry_inferencerecord",
-            [
-                "device_id",
-                "seq",
-                "idx",
-                "ts",
-                "received_at",
-                "task",
-                "model_name",
-                "model_version",
-                "latency_ms",
-                "confidence",
-                "label",
-                "route",
-                "cloud_model",
-                "tokens_in",
-                "tokens_out",
-                "error",
-            ],
+            INFERENCE_RECORD_COLUMNS,
             lines(),
         )
         raw.commit()

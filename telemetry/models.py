@@ -39,6 +39,27 @@ class InferenceRollup(models.Model):
         return f"{self.device_id} {self.model_name}@{self.model_version} {self.bucket:%Y-%m-%d %H:%M}"
 
 
+# Every column of an inference record, in the order the ingest worker COPYs them and the API shows them.
+INFERENCE_RECORD_COLUMNS = [
+    "device_id",
+    "seq",
+    "idx",
+    "ts",
+    "received_at",
+    "task",
+    "model_name",
+    "model_version",
+    "latency_ms",
+    "confidence",
+    "label",
+    "route",
+    "cloud_model",
+    "tokens_in",
+    "tokens_out",
+    "error",
+]
+
+
 class InferenceRecord(models.Model):
     """One inference a device reported (one element of a telemetry message's ``records``).
 

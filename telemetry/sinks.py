@@ -15,7 +15,7 @@ from fleet_agent import schemas
 from ota.ingest import store_ota_status
 from policies.ingest import store_llm_usage
 from telemetry.ingest_contract import DeviceMessage, Rejection, Sink, count_rows_written
-from telemetry.models import DevicePresence
+from telemetry.models import INFERENCE_RECORD_COLUMNS, DevicePresence
 
 
 def insert_ignoring_conflicts(table: str, columns: list[str], rows: list[tuple]) -> int:
@@ -65,24 +65,7 @@ def _copy_insert_postgresql(table: str, columns: list[str], rows: list[tuple]) -
         return inserted
 
 
-INFERENCE_COLUMNS = [
-    "device_id",
-    "seq",
-    "idx",
-    "ts",
-    "received_at",
-    "task",
-    "model_name",
-    "model_version",
-    "latency_ms",
-    "confidence",
-    "label",
-    "route",
-    "cloud_model",
-    "tokens_in",
-    "tokens_out",
-    "error",
-]
+INFERENCE_COLUMNS = INFERENCE_RECORD_COLUMNS
 
 
 def store_inference_records(messages: list[DeviceMessage]) -> list[Rejection]:

@@ -2,7 +2,7 @@ import base64
 
 from rest_framework import serializers
 
-from telemetry.models import DeadLetter, Heartbeat, InferenceRecord
+from telemetry.models import INFERENCE_RECORD_COLUMNS, DeadLetter, Heartbeat, InferenceRecord
 
 
 class WindowQuerySerializer(serializers.Serializer):
@@ -38,24 +38,7 @@ class DeadLetterQuerySerializer(serializers.Serializer):
 class InferenceRecordSerializer(serializers.ModelSerializer):
     class Meta:
         model = InferenceRecord
-        fields = [
-            "device_id",
-            "seq",
-            "idx",
-            "ts",
-            "received_at",
-            "task",
-            "model_name",
-            "model_version",
-            "latency_ms",
-            "confidence",
-            "label",
-            "route",
-            "cloud_model",
-            "tokens_in",
-            "tokens_out",
-            "error",
-        ]
+        fields = INFERENCE_RECORD_COLUMNS
 
 
 class HeartbeatSerializer(serializers.ModelSerializer):

@@ -79,7 +79,21 @@ def _platform_ca(state_dir: Path):
     return key, cert
 
 
+class BrokerCaMismatch(RuntimeError):
+    """The broker folder trusts another device CA than the database's active one."""
+
+
 def write_crl(state_dir: Path) -> Path:
+    """Rewrite the broker's revocation list from the database.
+
+    Refuses when the folder's device-ca.pem is not the active CA: Mosquitto checks the CRL against the CA
+    it was configured with, and a CRL from another CA would make it refuse every device. That happens
+    after a CA change without a new `broker_setup` (re-run it) or when two installations share a folder.
+    """
+    ca_file = state_dir / "device-ca.pem"
+    active_pem = authority.active_ca().certificate_pem
+    if ca_file.exists() and ca_file.read_text().strip() != active_pem.strip():
+        raise BrokerCaMismatch(f"{ca_file} is not the active device CA; run `manage.py broker_setup` again")
     path = state_dir / "device-crl.pem"
     _write(path, authority.current_crl_pem().encode(), 0o644)
     return path

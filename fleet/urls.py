@@ -13,5 +13,10 @@ urlpatterns = [
     path("login/", views.LoginView.as_view(), name="login"),
     path("logout/", views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
+    # Console pages: the shell here, each app's pages from its console_urls.py.
     path("", views.dashboard, name="dashboard"),
+    path("", include("devices.console_urls")),
+    path("", include("ota.console_urls")),
+    path("", include("policies.console_urls")),
+    path("", include("telemetry.console_urls")),
 ]

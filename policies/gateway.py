@@ -138,10 +138,10 @@ def chat_completions(request):
     messages = body.get("messages") if isinstance(body, dict) else None
     if not isinstance(messages, list) or not messages:
         return error(400, "messages_missing", "messages must be a non-empty list.")
-    # A message that is not an object is the client's error (400), not something to forward: an upstream
-    # would refuse it, and the refusal would reach the device as a 502.
-    if not all(isinstance(message, dict) for message in messages):
-        return error(400, "messages_invalid", "every message must be an object.")
+    # The OpenAI shape: every message an object with a string role. Anything else is refused here
+    # rather than forwarded (an upstream answers it with an error the device would be charged for).
+    if not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages):
+        return error(400, "invalid_messages", "every message must be an object with a string role.")
     requested_model = body.get("model")
     if requested_model in ("", "auto"):
         requested_model = None

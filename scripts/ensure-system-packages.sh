@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Make sure the system services the platform needs are installed.
 #   ensure-system-packages.sh run    -> mosquitto (the embedded run starts its own broker)
-#   ensure-system-packages.sh test   -> mosquitto, redis-server, PostgreSQL server binaries
+#   ensure-system-packages.sh test   -> mosquitto, redis-server, PostgreSQL server binaries, chromium
+#                                       (the console's browser tests drive Debian's chromium)
 # On Debian/Ubuntu as root the missing packages are installed; elsewhere we stop with the exact command.
 set -euo pipefail
 purpose=${1:-test}
@@ -16,6 +17,7 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(
 if [ "$purpose" = test ]; then
   command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
   have_pg || missing+=(postgresql)
+  [ -x /usr/bin/chromium ] || missing+=(chromium)
 fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 

@@ -276,7 +276,8 @@ def test_bad_bodies_are_openai_style_400s(gateway_upstreams, device):
         (b"{not json", "invalid_json"),
         (b"[]", "messages_missing"),
         (b'{"messages": []}', "messages_missing"),
-        (b'{"messages": [0, null]}', "messages_invalid"),
+        (b'{"messages": [null]}', "invalid_messages"),
+        (b'{"messages": [{"content": "no role"}]}', "invalid_messages"),
     ]:
         response = client.post("/v1/chat/completions", raw, content_type="application/json", headers=headers)
         assert (response.status_code, response.json()["error"]["code"]) == (400, code)

@@ -97,6 +97,23 @@ class InferenceRecord(models.Model):
         return f"{self.device_id}#{self.seq}.{self.idx}"
 
 
+# Every column of a heartbeat row, in the order the ingest worker COPYs them and the API shows them.
+HEARTBEAT_COLUMNS = [
+    "device_id",
+    "seq",
+    "ts",
+    "received_at",
+    "cpu_pct",
+    "mem_pct",
+    "disk_pct",
+    "temp_c",
+    "models_running",
+    "buffer_depth",
+    "dropped",
+    "agent_version",
+]
+
+
 class Heartbeat(models.Model):
     """A device's periodic resource report; partitioned by ``ts`` like InferenceRecord."""
 

@@ -15,7 +15,7 @@ from fleet_agent import schemas
 from ota.ingest import store_ota_status
 from policies.ingest import store_llm_usage
 from telemetry.ingest_contract import DeviceMessage, Rejection, Sink, count_rows_written
-from telemetry.models import INFERENCE_RECORD_COLUMNS, DevicePresence
+from telemetry.models import HEARTBEAT_COLUMNS, INFERENCE_RECORD_COLUMNS, DevicePresence
 
 
 def insert_ignoring_conflicts(table: str, columns: list[str], rows: list[tuple]) -> int:
@@ -65,9 +65,6 @@ def _copy_insert_postgresql(table: str, columns: list[str], rows: list[tuple]) -
         return inserted
 
 
-INFERENCE_COLUMNS = INFERENCE_RECORD_COLUMNS
-
-
 def store_inference_records(messages: list[DeviceMessage]) -> list[Rejection]:
     rejections, rows, dirty = [], [], set()
     for message in messages:
@@ -100,7 +97,7 @@ def store_inference_records(messages: list[DeviceMessage]) -> list[Rejection]:
                 )
             )
             dirty.add((message.device_id, record.ts_ms // 60_000))
-    inserted = insert_ignoring_conflicts("telemetry_inferencerecord", INFERENCE_COLUMNS, rows)
+    inserted = insert_ignoring_conflicts("telemetry_inferencerecord", INFERENCE_RECORD_COLUMNS, rows)
     count_rows_written("inference_records", inserted)
     if inserted:
         # Minutes whose rollup must be recomputed (telemetry/rollups.py); a pure redelivery changes nothing.
@@ -110,22 +107,6 @@ def store_inference_records(messages: list[DeviceMessage]) -> list[Rejection]:
             [(device_id, schemas.ms_to_datetime(minute * 60_000)) for device_id, minute in sorted(dirty)],
         )
     return rejections
-
-
-HEARTBEAT_COLUMNS = [
-    "device_id",
-    "seq",
-    "ts",
-    "received_at",
-    "cpu_pct",
-    "mem_pct",
-    "disk_pct",
-    "temp_c",
-    "models_running",
-    "buffer_depth",
-    "dropped",
-    "agent_version",
-]
 
 
 def store_heartbeats(messages: list[DeviceMessage]) -> list[Rejection]:

@@ -2,7 +2,7 @@ import base64
 
 from rest_framework import serializers
 
-from telemetry.models import INFERENCE_RECORD_COLUMNS, DeadLetter, Heartbeat, InferenceRecord
+from telemetry.models import HEARTBEAT_COLUMNS, INFERENCE_RECORD_COLUMNS, DeadLetter, Heartbeat, InferenceRecord
 
 
 class WindowQuerySerializer(serializers.Serializer):
@@ -44,20 +44,7 @@ class InferenceRecordSerializer(serializers.ModelSerializer):
 class HeartbeatSerializer(serializers.ModelSerializer):
     class Meta:
         model = Heartbeat
-        fields = [
-            "device_id",
-            "seq",
-            "ts",
-            "received_at",
-            "cpu_pct",
-            "mem_pct",
-            "disk_pct",
-            "temp_c",
-            "models_running",
-            "buffer_depth",
-            "dropped",
-            "agent_version",
-        ]
+        fields = HEARTBEAT_COLUMNS
 
 
 class ModelVersionAggregateSerializer(serializers.Serializer):

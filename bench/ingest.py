@@ -270,46 +270,12 @@ def main() -> None:
 
 def start_postgres(svc):
     """tests.services' PostgreSQL, plus track_commit_timestamp (the commit time of every row)."""
-
-    class BenchPostgres(svc.PostgresServer):
-        def start(self) -> None:
-            options = (
-                f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.data_dir} "
-                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 "
-                "-c track_commit_timestamp=on -c shared_buffers=256MB"
-            )
-            self._pg_ctl("-o", options, "-l", str(self.data_dir / "server.log"), "-w", "-t", "60", "start")
-
-    data_dir = svc.RUN_DIR / "pgdata"
-    data_dir.mkdir(mode=0o700)
-    if os.geteuid() == 0:
-        import shutil
-
-        shutil.chown(data_dir, "postgres", "postgres")
-    subprocess.run(
-        svc.as_service_user(
-            "postgres",
-            [
-                svc.find_binary("initdb"),
-                "-D",
-                str(data_dir),
-                "-U",
-                svc.PG_USER,
-                "--auth=trust",
-                "-E",
-                "UTF8",
-                "--no-sync",
-            ],
-        ),
-        check=True,
-        stdout=subprocess.DEVNULL,
+    server = svc.PostgresServer.create(
+        data_dir=svc.RUN_DIR / "pgdata",
+        port=svc.PG_PORT,
+        settings=f"{svc.TEST_POSTGRES_SETTINGS} -c track_commit_timestamp=on -c shared_buffers=256MB",
     )
-    server = BenchPostgres(data_dir=data_dir, port=svc.PG_PORT)
-    server.start()
-    subprocess.run(
-        [svc.find_binary("createdb"), "-h", "127.0.0.1", "-p", str(svc.PG_PORT), "-U", svc.PG_USER, "fleet"],
-        check=True,
-    )
+    server.create_database("fleet")
     return server
 
 

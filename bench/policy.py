@@ -256,7 +256,7 @@ def main() -> None:
             f"{statistics.mean(direct):.2f} ms)"
         )
         web_pids = children(processes[1].pid)
-        postmaster = int((database.data_dir / "postmaster.pid").read_text().split()[0])
+        postmaster = database.postmaster_pid()
         db_pids = children(postmaster)
         cpu_before = cpu_seconds(web_pids), cpu_seconds(db_pids)
         started = time.monotonic()

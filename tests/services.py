@@ -7,12 +7,10 @@ deployment would. The servers themselves start lazily, once per session, from th
 ``postgres`` user on a data directory that user owns.
 """
 
-import glob
 import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -21,21 +19,19 @@ from pathlib import Path
 
 import pytest
 
+# Re-exported: benchmarks and tests reach these through this module.
+from tests.processes import PG_USER, PostgresServer, as_service_user, find_binary, free_port, wait_for_port
+
+__all__ = ["PostgresServer", "as_service_user", "find_binary", "free_port", "wait_for_port"]
+
 RUN_DIR = Path(tempfile.mkdtemp(prefix="fleet-test-"))
 RUN_DIR.chmod(0o755)  # the postgres and mosquitto users must reach their folders below it
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 PG_PORT = free_port()
 REDIS_PORT = free_port()
 MQTT_DEVICE_PORT = free_port()
 MQTT_PLATFORM_PORT = free_port()
-PG_USER = "fleet"
 BROKER_DIR = RUN_DIR / "broker"
 
 # Settings come from the environment: point them at the services of this run before Django loads them.
@@ -55,83 +51,12 @@ os.environ.update(
 os.environ.pop("FLEET_DEBUG", None)
 
 
-def find_binary(name: str) -> str:
-    found = shutil.which(name)
-    if found:
-        return found
-    candidates = [*sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}")), f"/usr/sbin/{name}", f"/usr/bin/{name}"]
-    for candidate in reversed(candidates):
-        if os.access(candidate, os.X_OK):
-            return candidate
-    raise RuntimeError(f"{name} is not installed; run `make test`, which installs the system packages it needs")
-
-
-def as_service_user(user: str, argv: list[str]) -> list[str]:
-    """Run argv as ``user`` when we are root (servers that refuse root), else as ourselves."""
-    if os.geteuid() == 0:
-        return ["runuser", "-u", user, "--", *argv]
-    return argv
-
-
-def wait_for_port(port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
-
-
-@dataclass
-class PostgresServer:
-    data_dir: Path
-    port: int
-    user: str = PG_USER
-
-    def url(self, database: str) -> str:
-        return f"postgres://{self.user}@127.0.0.1:{self.port}/{database}"
-
-    def _pg_ctl(self, *args: str) -> None:
-        subprocess.run(
-            as_service_user("postgres", [find_binary("pg_ctl"), "-D", str(self.data_dir), *args]),
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-
-    def start(self) -> None:
-        options = (
-            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.data_dir} "
-            # Throwaway data: durability off for speed. Fault tests restart the server, they don't crash the OS.
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
-        )
-        self._pg_ctl("-o", options, "-l", str(self.data_dir / "server.log"), "-w", "-t", "60", "start")
-
-    def stop(self, mode: str = "fast") -> None:
-        self._pg_ctl("-m", mode, "-w", "stop")
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
+# Throwaway data: durability off for speed. Fault tests restart the server, they don't crash the OS.
+TEST_POSTGRES_SETTINGS = "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
 
 
 def _start_postgres() -> PostgresServer:
-    data_dir = RUN_DIR / "pgdata"
-    data_dir.mkdir(mode=0o700)
-    if os.geteuid() == 0:
-        shutil.chown(data_dir, "postgres", "postgres")
-    subprocess.run(
-        as_service_user(
-            "postgres",
-            [find_binary("initdb"), "-D", str(data_dir), "-U", PG_USER, "--auth=trust", "-E", "UTF8", "--no-sync"],
-        ),
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    server = PostgresServer(data_dir=data_dir, port=PG_PORT)
-    server.start()
-    return server
+    return PostgresServer.create(data_dir=RUN_DIR / "pgdata", port=PG_PORT, settings=TEST_POSTGRES_SETTINGS)
 
 
 @pytest.fixture(scope="session")

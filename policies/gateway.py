@@ -21,8 +21,8 @@ from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
-from devices.models import Device, DeviceStatus
-from devices.services import device_authenticate_token
+from devices.models import DeviceStatus
+from devices.services import device_token_hash
 from fleet_agent.policy import decide
 from fleet_agent.policy.document import NAME_RE
 from policies import selectors, services
@@ -63,16 +63,17 @@ def error(status: int, code: str, message: str, *, error_type: str | None = None
     return response
 
 
-def _authenticate(request) -> Device | JsonResponse:
+def _authenticate(request) -> selectors.GatewayCaller | JsonResponse:
     parts = request.META.get("HTTP_AUTHORIZATION", "").split()
     if len(parts) != 2 or parts[0].lower() not in ("device", "bearer"):
         return error(401, "device_token_missing", "Send the device token: Authorization: Device <token>.")
-    device = device_authenticate_token(parts[1])
-    if device is None:
+    token_hash = device_token_hash(parts[1])
+    caller = selectors.gateway_caller(token_hash) if token_hash else None
+    if caller is None or caller.device.status == DeviceStatus.REVOKED:
         return error(401, "device_token_invalid", "Unknown device token or revoked device.")
-    if device.status != DeviceStatus.ACTIVE:
+    if caller.device.status != DeviceStatus.ACTIVE:
         return error(403, "device_not_active", "The device is not active (pending approval?).")
-    return device
+    return caller
 
 
 # Request fields besides the messages that the upstream also turns into prompt tokens.
@@ -110,9 +111,10 @@ def chat_completions(request):
         response = error(405, "method_not_allowed", "Use POST.", error_type="invalid_request_error")
         response["Allow"] = "POST"
         return response
-    device = _authenticate(request)
-    if isinstance(device, HttpResponse):
-        return device
+    caller = _authenticate(request)
+    if isinstance(caller, HttpResponse):
+        return caller
+    device = caller.device
     task = request.headers.get("X-Fleet-Task", "").strip()
     data_class = request.headers.get("X-Fleet-Data-Class", "").strip()
     if not task or not data_class:
@@ -157,7 +159,7 @@ def chat_completions(request):
         return error(400, "invalid_n", f"n must be an integer from 1 to {MAX_CHOICES}.")
     stream = body.get("stream") is True
 
-    policy, document = selectors.compiled_policy(device)
+    policy, document = selectors.compiled_policy(caller)
     rule = document["tasks"].get(task) or document["tasks"].get("*") or {}
     tokens_out = max_tokens or rule.get("max_output_tokens") or settings.LLM_DEFAULT_MAX_OUTPUT_TOKENS
     tokens_in = estimate_input_tokens(body)

@@ -216,8 +216,8 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("FLEET_LOG_LEVEL", "INFO")},
-    # httpx logs every request at INFO: the LLM gateway makes one per device request.
-    "loggers": {"django.server": {"level": "WARNING"}, "httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},
+    # urllib3 logs every upstream connection and request of the LLM gateway at DEBUG: quiet even then.
+    "loggers": {"django.server": {"level": "WARNING"}, "urllib3": {"level": "WARNING"}},
 }
 
 if not DEBUG:

@@ -4,7 +4,7 @@ import datetime as dt
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from django.db import connection
+from django.db import InterfaceError, OperationalError, connection
 from django.db.models import Count, Q, Sum
 
 from devices.models import Device
@@ -73,14 +73,31 @@ def _caller_sql() -> str:
     )
 
 
+def _caller_rows(token_hash: str) -> list[tuple]:
+    with connection.cursor() as cursor:
+        cursor.execute(_caller_sql(), [token_hash])
+        return cursor.fetchall()
+
+
 def gateway_caller(token_hash: str) -> GatewayCaller | None:
     """The device with this token hash and its policy key, in one query (authentication and the policy
     lookup are two of the gateway's round trips otherwise). Raw SQL: building this through the ORM cost
     more CPU than the gateway's whole budget for it. The device comes back with only id, status and group
     set, which is all the gateway and its services read."""
-    with connection.cursor() as cursor:
-        cursor.execute(_caller_sql(), [token_hash])
-        rows = cursor.fetchall()
+    # Django's CONN_HEALTH_CHECKS would spend a round trip (SELECT 1) on the first query of every request
+    # that reuses a persistent connection. This lookup is the gateway's first query and a read, safe to
+    # repeat, so it is the check: on a reused connection found dead (PostgreSQL restarted, or the
+    # connection was cut), close it and read again on a new one.
+    reused = connection.connection is not None and not connection.in_atomic_block
+    if reused:
+        connection.health_check_done = True
+    try:
+        rows = _caller_rows(token_hash)
+    except (OperationalError, InterfaceError):
+        if not reused:
+            raise
+        connection.close()
+        rows = _caller_rows(token_hash)
     if not rows:
         return None
     device_id, status, group_id = rows[0][:3]

@@ -1,5 +1,6 @@
-"""The gateway's per-process cache of compiled policies: a policy change (any scope, any process) takes
-effect on the very next request, and a cached policy costs no query beyond the caller lookup."""
+"""The gateway's hot path: its per-process cache of compiled policies (a policy change, in any scope and
+from any process, takes effect on the very next request), the queries a request costs, and recovery from
+a cut database connection without a per-request health check."""
 
 import json
 import os
@@ -9,6 +10,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+import psycopg
 import pytest
 from django.conf import settings
 from django.db import connection
@@ -117,3 +119,29 @@ def test_policy_change_in_another_process_takes_effect_on_the_next_request(gatew
         assert (refused.status_code, refused.json()["error"]["code"]) == (403, "egress_never")
         services.policy_update(actor=SYSTEM, policy=Policy.objects.get(pk=policy.pk), document=PRIVACY_FIRST)
         assert client.post(gateway_process, json=body, headers=headers).status_code == 200
+
+
+@pytest.fixture
+def persistent_connection():
+    """Connections kept across requests, as in production (the tests' default closes them each time)."""
+    connection.close()
+    connection.settings_dict["CONN_MAX_AGE"] = None
+    yield
+    connection.settings_dict["CONN_MAX_AGE"] = 0
+    connection.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_gateway_reconnects_when_its_persistent_connection_was_cut(
+    gateway_upstreams, redis_server, persistent_connection
+):
+    # The gateway skips Django's per-request health check (a SELECT 1 round trip); its first query must
+    # then recover from a dead connection by itself.
+    make_policy()
+    result, _ = make_device("cam-cache-5")
+    assert ask(result.device_token).status_code == 200
+    backend = connection.connection.info.backend_pid
+    with psycopg.connect(os.environ["DATABASE_URL"].rsplit("/", 1)[0] + "/postgres", autocommit=True) as admin:
+        assert admin.execute("SELECT pg_terminate_backend(%s)", [backend]).fetchone() == (True,)
+    assert ask(result.device_token).status_code == 200
+    assert connection.connection.info.backend_pid != backend

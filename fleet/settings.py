@@ -234,6 +234,8 @@ ENROLL_RATE_LIMIT = env_str("FLEET_ENROLL_RATE_LIMIT", "100000/minute")
 LLM_UPSTREAMS = env_str("LLM_UPSTREAMS", "[]")
 LLM_CURRENCY = env_str("LLM_CURRENCY", "USD")
 LLM_DEFAULT_MAX_OUTPUT_TOKENS = env_int("LLM_DEFAULT_MAX_OUTPUT_TOKENS", 1024, minimum=1)
+# Off behind a transaction-mode pooler that cannot carry prepared statements (PgBouncer before 1.21).
+LLM_GATEWAY_PREPARED_STATEMENTS = env_bool("LLM_GATEWAY_PREPARED_STATEMENTS", True)
 # Re-derive and republish changed device policies (new devices, devices moved between groups).
 POLICY_RECONCILE_SECONDS = env_int("POLICY_RECONCILE_SECONDS", 900, minimum=60)
 CELERY_BEAT_SCHEDULE["policies-reconcile"] = {

@@ -11,6 +11,7 @@ from devices.models import Device
 from fleet_agent.policy import CompiledPolicy, EffectivePolicy, compile_policy, merge_policies
 from fleet_agent.policy.decide import window_starts
 from policies.models import BudgetCounter, LlmUsage, Policy, Scope
+from policies.statements import hot_cursor
 
 FLEET_LABEL = "fleet"
 
@@ -74,7 +75,7 @@ def _caller_sql() -> str:
 
 
 def _caller_rows(token_hash: str) -> list[tuple]:
-    with connection.cursor() as cursor:
+    with hot_cursor() as cursor:
         cursor.execute(_caller_sql(), [token_hash])
         return cursor.fetchall()
 

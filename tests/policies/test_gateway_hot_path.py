@@ -33,7 +33,9 @@ def code_of(response) -> str | None:
 
 
 @pytest.mark.django_db
-def test_a_cached_policy_costs_no_query_beyond_the_caller_lookup(gateway_upstreams):
+@pytest.mark.parametrize("prepared", [True, False])
+def test_a_cached_policy_costs_no_query_beyond_the_caller_lookup(gateway_upstreams, settings, prepared):
+    settings.LLM_GATEWAY_PREPARED_STATEMENTS = prepared
     make_policy()
     result, _ = make_device("cam-cache-1")
     assert ask(result.device_token).status_code == 200  # this process now holds the compiled policy
@@ -41,7 +43,22 @@ def test_a_cached_policy_costs_no_query_beyond_the_caller_lookup(gateway_upstrea
         assert ask(result.device_token).status_code == 200
     # The caller and its policy key, the reservation, the settlement: the policy documents are not read.
     assert len(queries) == 3, [q["sql"] for q in queries]
-    assert Policy._meta.db_table in queries[0]["sql"]
+    if not prepared:  # (Django's query log cannot show the text of a prepared statement)
+        assert Policy._meta.db_table in queries[0]["sql"]
+
+
+@pytest.mark.django_db
+def test_the_hot_statements_are_prepared_once_per_connection(gateway_upstreams):
+    make_policy()
+    result, _ = make_device("cam-cache-6")
+    for _ in range(3):
+        assert ask(result.device_token).status_code == 200
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        prepared = [row[0] for row in cursor.fetchall()]
+    # The caller lookup, the reservation and the settlement, each prepared once and used three times.
+    assert len(prepared) == 3, prepared
+    assert [any(word in sql for sql in prepared) for word in ("token_hash", "ON CONFLICT", "settled")] == [True] * 3
 
 
 @pytest.mark.django_db

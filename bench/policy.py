@@ -10,6 +10,7 @@ then measures. Prints figures, then one JSON line:
 """
 
 import argparse
+import http.client
 import json
 import os
 import statistics
@@ -18,6 +19,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -85,16 +87,23 @@ def children(ppid: int) -> list[int]:
     return out
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time of processes (what they cost, whatever else competes for the cores)."""
-    total = 0
+def cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """User + system CPU time of each process (what they cost, whatever else competes for the cores)."""
+    out = {}
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])
-    return total / CLOCK_TICKS
+        out[pid] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return out
+
+
+def cpu_spent(parent: int, before: dict[int, float]) -> float:
+    """CPU the children of ``parent`` spent since ``before``, counting children started in between (a
+    PostgreSQL backend for each gunicorn thread's first connection) from zero."""
+    after = cpu_seconds(children(parent))
+    return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
 
 
 def start_database():
@@ -137,21 +146,40 @@ def wait_http(url: str, timeout: float = 60) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
-def latencies(client, url: str, headers: dict, count: int) -> list[float]:
+class KeepAliveClient:
+    """The load generator: one keep-alive connection, the request body encoded once. The stdlib client
+    costs about a third of httpx's CPU per request, which matters because the load generator shares the
+    two cores with the platform it measures."""
+
+    def __init__(self, url: str, headers: dict):
+        parts = urlsplit(url)
+        self.path = parts.path
+        self.connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+        self.headers = {**headers, "Content-Type": "application/json"}
+        self.body = json.dumps(REQUEST).encode()
+
+    def post(self) -> tuple[int, bytes]:
+        self.connection.request("POST", self.path, body=self.body, headers=self.headers)
+        response = self.connection.getresponse()
+        return response.status, response.read()
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def latencies(client: KeepAliveClient, count: int) -> list[float]:
     out = []
     for _ in range(count):
         start = time.perf_counter()
-        response = client.post(url, json=REQUEST, headers=headers)
+        status, content = client.post()
         out.append((time.perf_counter() - start) * 1000)
-        if response.status_code != 200:
-            raise RuntimeError(f"{url}: HTTP {response.status_code} {response.text[:300]}")
+        if status != 200:
+            raise RuntimeError(f"{client.path}: HTTP {status} {content[:300]!r}")
     return out
 
 
 def load(url: str, tokens: list[str], seconds: float, clients: int) -> tuple[int, int]:
     """``clients`` threads, each a different device (one device's requests serialise on its budget row)."""
-    import httpx
-
     done = [0, 0]  # ok, failed
     lock = threading.Lock()
     stop = time.monotonic() + seconds
@@ -159,13 +187,16 @@ def load(url: str, tokens: list[str], seconds: float, clients: int) -> tuple[int
     def worker(token: str):
         headers = {"Authorization": f"Device {token}", "X-Fleet-Task": "chat", "X-Fleet-Data-Class": "public"}
         ok = failed = 0
-        with httpx.Client(timeout=30) as client:
+        client = KeepAliveClient(url, headers)
+        try:
             while time.monotonic() < stop:
-                response = client.post(url, json=REQUEST, headers=headers)
-                if response.status_code == 200:
+                status, _ = client.post()
+                if status == 200:
                     ok += 1
                 else:
                     failed += 1
+        finally:
+            client.close()
         with lock:
             done[0] += ok
             done[1] += failed
@@ -189,8 +220,6 @@ def main() -> None:
 
     decide_figures = bench_decide()
     print(f"decide(): p50 {decide_figures['p50_us']:.2f} us, p99 {decide_figures['p99_us']:.2f} us (in-process)")
-
-    import httpx
 
     database = start_database()
     processes = []
@@ -238,13 +267,16 @@ def main() -> None:
         wait_http(f"http://127.0.0.1:{web_port}/healthz")
         gateway_url = f"http://127.0.0.1:{web_port}/v1/chat/completions"
         headers = {"Authorization": f"Device {tokens[0]}", "X-Fleet-Task": "chat", "X-Fleet-Data-Class": "public"}
-        with httpx.Client(timeout=30) as client:
-            latencies(client, gateway_url, headers, 200)  # warm every worker's connections and caches
-            latencies(client, f"{upstream_url}/chat/completions", {}, 200)
-            direct, through = [], []
-            for _ in range(args.samples // 100):  # interleave so both see the same machine load
-                direct += latencies(client, f"{upstream_url}/chat/completions", {}, 100)
-                through += latencies(client, gateway_url, headers, 100)
+        gateway = KeepAliveClient(gateway_url, headers)
+        upstream = KeepAliveClient(f"{upstream_url}/chat/completions", {})
+        latencies(gateway, 200)  # warm every worker's connections and caches
+        latencies(upstream, 200)
+        direct, through = [], []
+        for _ in range(args.samples // 100):  # interleave so both see the same machine load
+            direct += latencies(upstream, 100)
+            through += latencies(gateway, 100)
+        gateway.close()
+        upstream.close()
         overhead_p50 = percentile(through, 0.5) - percentile(direct, 0.5)
         overhead_p99 = percentile(through, 0.99) - percentile(direct, 0.99)
         print(
@@ -255,15 +287,17 @@ def main() -> None:
             f"gateway overhead: p50 {overhead_p50:.2f} ms, p99 {overhead_p99:.2f} ms (mean direct "
             f"{statistics.mean(direct):.2f} ms)"
         )
-        web_pids = children(processes[1].pid)
-        postmaster = database.postmaster_pid()
-        db_pids = children(postmaster)
-        cpu_before = cpu_seconds(web_pids), cpu_seconds(db_pids)
+        gunicorn, postmaster, upstream_pid = processes[1].pid, database.postmaster_pid(), processes[0].pid
+        web_before, db_before = cpu_seconds(children(gunicorn)), cpu_seconds(children(postmaster))
+        upstream_before, client_before = cpu_seconds([upstream_pid]), time.process_time()
         started = time.monotonic()
         ok, failed = load(gateway_url, tokens, args.seconds, args.clients)
         rps = ok / (time.monotonic() - started)
-        web_ms = (cpu_seconds(web_pids) - cpu_before[0]) / max(ok, 1) * 1000
-        db_ms = (cpu_seconds(db_pids) - cpu_before[1]) / max(ok, 1) * 1000
+        per_request = 1000 / max(ok, 1)
+        web_ms = cpu_spent(gunicorn, web_before) * per_request
+        db_ms = cpu_spent(postmaster, db_before) * per_request
+        upstream_ms = (cpu_seconds([upstream_pid])[upstream_pid] - upstream_before[upstream_pid]) * per_request
+        client_ms = (time.process_time() - client_before) * per_request
         print(
             f"gateway throughput: {rps:.0f} requests/s ({ok} ok, {failed} failed, {args.clients} devices, "
             f"{args.workers} gunicorn workers x {args.threads} threads)"
@@ -272,6 +306,10 @@ def main() -> None:
             f"CPU per gateway request: {web_ms:.2f} ms in gunicorn + {db_ms:.2f} ms in PostgreSQL; two idle cores "
             f"would give about {2000 / (web_ms + db_ms):.0f} requests/s for the platform's share "
             "(upstream and load generator not counted)"
+        )
+        print(
+            f"CPU per request outside the platform, on the same cores: {upstream_ms:.2f} ms in the loopback upstream "
+            f"+ {client_ms:.2f} ms in the load generator"
         )
         print(
             json.dumps(

@@ -483,11 +483,19 @@ def devices_bulk_update(
     return len(found)
 
 
-def device_authenticate_token(secret: str) -> Device | None:
-    """The device behind an HTTP device token, if the token is known and the device not revoked."""
+def device_token_hash(secret: str) -> str | None:
+    """What a device token is stored as (``Device.token_hash``); None for a string that is no device token."""
     if not secret.startswith(DEVICE_TOKEN_PREFIX):
         return None
-    device = Device.objects.filter(token_hash=hash_secret(secret)).first()
+    return hash_secret(secret)
+
+
+def device_authenticate_token(secret: str) -> Device | None:
+    """The device behind an HTTP device token, if the token is known and the device not revoked."""
+    token_hash = device_token_hash(secret)
+    if token_hash is None:
+        return None
+    device = Device.objects.filter(token_hash=token_hash).first()
     if device is None or device.status == DeviceStatus.REVOKED:
         return None
     return device

@@ -216,8 +216,8 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("FLEET_LOG_LEVEL", "INFO")},
-    # httpx logs every request at INFO: the LLM gateway makes one per device request.
-    "loggers": {"django.server": {"level": "WARNING"}, "httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},
+    # urllib3 logs every upstream connection and request of the LLM gateway at DEBUG: quiet even then.
+    "loggers": {"django.server": {"level": "WARNING"}, "urllib3": {"level": "WARNING"}},
 }
 
 if not DEBUG:
@@ -234,6 +234,8 @@ ENROLL_RATE_LIMIT = env_str("FLEET_ENROLL_RATE_LIMIT", "100000/minute")
 LLM_UPSTREAMS = env_str("LLM_UPSTREAMS", "[]")
 LLM_CURRENCY = env_str("LLM_CURRENCY", "USD")
 LLM_DEFAULT_MAX_OUTPUT_TOKENS = env_int("LLM_DEFAULT_MAX_OUTPUT_TOKENS", 1024, minimum=1)
+# Off behind a transaction-mode pooler that cannot carry prepared statements (PgBouncer before 1.21).
+LLM_GATEWAY_PREPARED_STATEMENTS = env_bool("LLM_GATEWAY_PREPARED_STATEMENTS", True)
 # Re-derive and republish changed device policies (new devices, devices moved between groups).
 POLICY_RECONCILE_SECONDS = env_int("POLICY_RECONCILE_SECONDS", 900, minimum=60)
 CELERY_BEAT_SCHEDULE["policies-reconcile"] = {

@@ -2,13 +2,16 @@
 
 import datetime as dt
 from collections import OrderedDict
+from dataclasses import dataclass
 
+from django.db import InterfaceError, OperationalError, connection
 from django.db.models import Count, Q, Sum
 
 from devices.models import Device
 from fleet_agent.policy import CompiledPolicy, EffectivePolicy, compile_policy, merge_policies
 from fleet_agent.policy.decide import window_starts
 from policies.models import BudgetCounter, LlmUsage, Policy, Scope
+from policies.statements import hot_cursor
 
 FLEET_LABEL = "fleet"
 
@@ -48,32 +51,83 @@ def effective_policies(devices: list[Device]) -> dict[str, EffectivePolicy]:
     return out
 
 
-# Compiled policies keyed by the (id, version) of the rows they come from: a change to any scope makes a
-# new key, so the cache never serves a stale policy and needs no invalidation across processes.
+@dataclass(frozen=True)
+class GatewayCaller:
+    """A device calling the gateway, and the key of its compiled policy: the (id, version) of its scope
+    rows, fleet first."""
+
+    device: Device
+    policy_key: tuple[tuple[int, int], ...]
+
+
+_SCOPE_ORDER = {Scope.FLEET: 0, Scope.GROUP: 1, Scope.DEVICE: 2}
+
+
+def _caller_sql() -> str:
+    devices = connection.ops.quote_name(Device._meta.db_table)
+    policies = connection.ops.quote_name(Policy._meta.db_table)
+    # A LEFT JOIN so a device without any policy still comes back (as one row with NULL policy columns).
+    return (
+        f"SELECT d.id, d.status, d.group_id, p.scope, p.id, p.version FROM {devices} d "  # noqa: S608
+        f"LEFT JOIN {policies} p ON p.scope = 'fleet' OR p.device_id = d.id OR p.group_id = d.group_id "
+        "WHERE d.token_hash = %s"
+    )
+
+
+def _caller_rows(token_hash: str) -> list[tuple]:
+    with hot_cursor() as cursor:
+        cursor.execute(_caller_sql(), [token_hash])
+        return cursor.fetchall()
+
+
+def gateway_caller(token_hash: str) -> GatewayCaller | None:
+    """The device with this token hash and its policy key, in one query (authentication and the policy
+    lookup are two of the gateway's round trips otherwise). Raw SQL: building this through the ORM cost
+    more CPU than the gateway's whole budget for it. The device comes back with only id, status and group
+    set, which is all the gateway and its services read."""
+    # Django's CONN_HEALTH_CHECKS would spend a round trip (SELECT 1) on the first query of every request
+    # that reuses a persistent connection. This lookup is the gateway's first query and a read, safe to
+    # repeat, so it is the check: on a reused connection found dead (PostgreSQL restarted, or the
+    # connection was cut), close it and read again on a new one.
+    reused = connection.connection is not None and not connection.in_atomic_block
+    if reused:
+        connection.health_check_done = True
+    try:
+        rows = _caller_rows(token_hash)
+    except (OperationalError, InterfaceError):
+        if not reused:
+            raise
+        connection.close()
+        rows = _caller_rows(token_hash)
+    if not rows:
+        return None
+    device_id, status, group_id = rows[0][:3]
+    device = Device(id=device_id, status=status, group_id=group_id)
+    device._state.adding = False  # a row read from the database, not one to insert
+    found = sorted((_SCOPE_ORDER[scope], pk, version) for _, _, _, scope, pk, version in rows if pk is not None)
+    return GatewayCaller(device=device, policy_key=tuple((pk, version) for _, pk, version in found))
+
+
+# Compiled policies keyed by the (id, version) of the rows they come from: every change to a scope's
+# policy bumps its version (or adds or removes a row), so a change makes a new key and the next request in
+# every process misses and merges the new documents. Nothing to invalidate across processes, and a stale
+# policy is never served.
 _compiled: OrderedDict[tuple, tuple[CompiledPolicy, dict]] = OrderedDict()
 _COMPILED_MAX = 4096
 
 
-def compiled_policy(device: Device) -> tuple[CompiledPolicy, dict]:
-    """(compiled policy, effective document) of a device, for the gateway: one light query for the
-    (id, version) of its scope rows; the documents are only read and merged on a cache miss."""
-    condition = Q(scope=Scope.FLEET) | Q(device_id=device.pk)
-    if device.group_id:
-        condition |= Q(group_id=device.group_id)
-    order = {Scope.FLEET: 0, Scope.GROUP: 1, Scope.DEVICE: 2}
-    key = tuple(
-        (pk, version)
-        for _, pk, version in sorted(
-            (order[scope], pk, version)
-            for scope, pk, version in Policy.objects.filter(condition).values_list("scope", "pk", "version")
-        )
-    )
-    hit = _compiled.get(key)
+def compiled_policy(caller: GatewayCaller) -> tuple[CompiledPolicy, dict]:
+    """(compiled policy, effective document) of a gateway caller; the documents are only read and merged
+    when this process has not seen the caller's policy key yet."""
+    hit = _compiled.get(caller.policy_key)
     if hit is None:
-        document = effective_policy(device).document
+        rows = scope_policies(caller.device)
+        document = merge_policies(_scopes(rows)).document
         hit = (compile_policy(document), document)
-        _compiled[key] = hit
-        if len(_compiled) > _COMPILED_MAX:
+        # Stored under the key of the rows actually read: if a policy changed since the caller's key was
+        # read, the newer documents are used now and cached under their own key.
+        _compiled[tuple((row.pk, row.version) for row in rows)] = hit
+        while len(_compiled) > _COMPILED_MAX:
             _compiled.popitem(last=False)
     return hit
 

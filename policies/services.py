@@ -16,6 +16,7 @@ from fleet.services import Actor, audit_record
 from fleet_agent.policy import validate_document
 from fleet_agent.policy.decide import window_starts
 from policies.models import BudgetCounter, LlmUsage, Policy, Scope, Source
+from policies.statements import hot_cursor
 
 # --- scope policies --------------------------------------------------------------------------------
 
@@ -246,7 +247,7 @@ def _reserve_in_one_statement(
         json.dumps({"tokens": tokens, "cost_micros": cost_micros}),
     ]
     select = ", ".join(["(SELECT id FROM ins)", *flags])
-    with connection.cursor() as cursor:
+    with hot_cursor() as cursor:
         cursor.execute(f"WITH {', '.join(ctes)} SELECT {select}", params)
         row = cursor.fetchone()
     if row[0] is not None:
@@ -381,7 +382,7 @@ def _settle_in_one_statement(reservation, reason, upstream, tokens_in, tokens_ou
         f"UPDATE {usage} SET state = 'settled', reason = %s, upstream = %s, tokens_in = %s, tokens_out = %s, "
         "cost_micros = %s WHERE id = %s"
     )
-    with connection.cursor() as cursor:
+    with hot_cursor() as cursor:
         cursor.execute(sql, params)
 
 

@@ -109,7 +109,18 @@ class Topology:
         self.start("mosquitto", [mosquitto, "-c", conf])
         self.start(
             "web",
-            [str(BIN / "gunicorn"), "fleet.wsgi", "--bind", f"127.0.0.1:{self.web_port}", "--workers", "2"],
+            [
+                str(BIN / "gunicorn"),
+                "fleet.wsgi",
+                "--bind",
+                f"127.0.0.1:{self.web_port}",
+                "--workers",
+                "2",
+                "--worker-class",
+                "gthread",
+                "--threads",
+                "8",
+            ],
         )
         for index in (1, 2):
             self.start(

@@ -26,7 +26,7 @@ def _current_roots() -> tuple[bytes | None, bytes | None]:
 
     Plain SQL because enrollment (the hot path, docs/performance.md) reads both roots on every
     request: two ORM reads and an initialisation count cost about 0.9 ms of CPU, this one statement
-    about 0.05 ms. Each scalar subquery is a backward scan of the (repository, role, version) unique
+    about 0.07 ms. Each scalar subquery is a backward scan of the (repository, role, version) unique
     index; the SQL runs on PostgreSQL and on the SQLite of the embedded run.
     """
     table = RepositoryMetadata._meta.db_table

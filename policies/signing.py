@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 
 from devices.ca import decrypt_private_key, encrypt_private_key
 from fleet_agent.policy.signature import key_id
@@ -42,8 +42,14 @@ def active_policy_key() -> LoadedPolicyKey:
 
 def policy_public_key_pem() -> str:
     """The public key devices verify policies with; given to them at enrollment."""
-    row = PolicySigningKey.objects.filter(active=True).first() or _create_key()
-    return row.public_key_pem
+    # One column in plain SQL, not a model instance: enrollment reads this on every request
+    # (docs/performance.md) and the row also holds the encrypted private key, which it does not need.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT public_key_pem FROM {PolicySigningKey._meta.db_table} WHERE active"  # noqa: S608 - table name from the model
+        )
+        row = cursor.fetchone()
+    return row[0] if row is not None else _create_key().public_key_pem
 
 
 def _create_key() -> PolicySigningKey:

@@ -70,3 +70,20 @@ def test_fresh_state_dir_migrates_and_prints_a_first_login(tmp_path):
     )
     assert director.returncode == 0, director.stderr
     assert director.stdout.splitlines()[-1].split() == ["200", "200"], director.stdout + director.stderr
+
+    # Enrollment over HTTP reads both update roots and the policy key with hand-written SQL too.
+    over_http = manage(
+        "shell",
+        "-c",
+        "import json; from django.test import Client; from fleet_agent.identity import build_csr_pem, "
+        "generate_private_key; from tests.factories import make_token; "
+        "body = {'token': make_token(max_uses=1), 'csr': build_csr_pem(generate_private_key(), 'cam-3')}; "
+        "response = Client(HTTP_HOST='localhost').post('/api/v1/enroll/', body, content_type='application/json'); "
+        "trust = response.json()['update_trust']; "
+        "print(response.status_code, json.loads(trust['image_root'])['signed']['_type'], "
+        "json.loads(trust['director_root'])['signed']['_type'], "
+        "response.json()['policy_public_key'].startswith('-----BEGIN PUBLIC KEY-----'))",
+        env=env,
+    )
+    assert over_http.returncode == 0, over_http.stderr
+    assert over_http.stdout.splitlines()[-1].split() == ["201", "root", "root", "True"], over_http.stdout

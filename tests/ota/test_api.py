@@ -156,6 +156,28 @@ def test_enrollment_returns_both_trusted_roots_and_urls(anon_api):
     assert set(image_root["keys"]).isdisjoint(director_root["keys"])
 
 
+def test_enrollment_after_a_root_rotation_returns_the_newest_root_of_each_repository(anon_api, update_repo):
+    import json
+
+    from fleet.services import Actor
+    from fleet_agent.identity import build_csr_pem, generate_private_key
+    from ota import services
+
+    services.key_rotate(actor=Actor.system("tests"), repository_name=Repository.IMAGE, role="root")
+    body = {"token": make_token(), "csr": build_csr_pem(generate_private_key(), "cam-rotated")}
+    trust = anon_api.post("/api/v1/enroll/", body, format="json").json()["update_trust"]
+
+    def stored(repository: str, version: int) -> str:
+        return bytes(
+            RepositoryMetadata.objects.get(repository=repository, role="root", version=version).content
+        ).decode()
+
+    assert json.loads(trust["image_root"])["signed"]["version"] == 2
+    assert trust["image_root"] == stored(Repository.IMAGE, 2)
+    assert json.loads(trust["director_root"])["signed"]["version"] == 1
+    assert trust["director_root"] == stored(Repository.DIRECTOR, 1)
+
+
 def test_timestamp_is_resigned_before_it_expires(update_repo):
     from django.utils import timezone
 

@@ -137,3 +137,40 @@ def test_dry_run_counts_what_start_takes(update_repo):
         assert cumulative_dry == round(240 * share)
         assert abs(cumulative_real - cumulative_dry) <= 5 * (240 * share * (1 - share)) ** 0.5
     assert cumulative_real == 240
+
+
+@pytest.mark.django_db
+def test_director_assign_in_sql_writes_what_the_orm_fallback_writes(update_repo):
+    """director_assign's one-statement upsert (PostgreSQL) against its ORM twin (the embedded SQLite run),
+    on devices new to the director and on devices with signed, clean rows at a higher version."""
+    from ota.models import DirectorState
+
+    make_devices(6, prefix="sql")
+    make_devices(6, prefix="orm")
+    v1, v2 = release(version="1.0.0"), release(version="2.0.0")
+    rollout = rollouts.rollout_create(actor=ACTOR, name="r", artifact=v2, selector={}, stages=[{"share": 1.0}])
+    for prefix in ("sql", "orm"):
+        services._director_assign_orm(
+            device_ids=[f"{prefix}-{i:04d}" for i in range(3)], artifact=v1, rollback=False, rollout_id=None
+        )
+        DirectorState.objects.filter(device__id__startswith=prefix).update(
+            version=7, dirty=False, timestamp_json=b"signed", expires_at=T0
+        )
+    ids = {prefix: [f"{prefix}-{i:04d}" for i in range(6)] for prefix in ("sql", "orm")}
+    assert services.director_assign(device_ids=ids["sql"], artifact=v2, rollback=True, rollout_id=rollout.pk) == 6
+    services._director_assign_orm(device_ids=ids["orm"], artifact=v2, rollback=True, rollout_id=rollout.pk)
+
+    fields = ["artifact_id", "rollback", "rollout_id", "version", "dirty", "timestamp_json", "expires_at"]
+
+    def rows(prefix):
+        return [
+            [bytes(v) if isinstance(v, memoryview) else v for v in row]
+            for row in DirectorState.objects.filter(device_id__in=ids[prefix])
+            .order_by("device_id")
+            .values_list(*fields)
+        ]
+
+    assert rows("sql") == rows("orm")
+    assert rows("sql")[0] == [v2.pk, True, rollout.pk, 7, True, b"signed", T0]
+    assert rows("sql")[5] == [v2.pk, True, rollout.pk, 0, True, None, None]
+    assert all(row.updated_at is not None for row in DirectorState.objects.filter(device_id__in=ids["sql"]))

@@ -1,6 +1,6 @@
 """Benchmark of rollouts and the director at fleet scale.
 
-    .venv/bin/python bench/rollout.py [--devices 1000000] [--tokens 1000] [--seconds 10]
+    .venv/bin/python bench/rollout.py [--devices 1000000] [--tokens 1000] [--seconds 10] [--start-only]
 
 Starts its own PostgreSQL (tests/services.py helpers), bulk-loads the devices (COPY), each already
 running detector 1.0.0 per the director, then measures:
@@ -8,6 +8,7 @@ running detector 1.0.0 per the director, then measures:
 - ``start_1m_s``: rollout_start of a four-stage rollout (1%, 10%, 50%, 100%) of detector 2.0.0: the
   cohort of every targeted device computed and stored, and stage 1 assigned (director rows written,
   notifications enqueued; the enqueue is a no-op here, as Redis is not part of the measurement);
+  ``start_db_cpu_s`` is the CPU time the PostgreSQL backend spent on it (less noisy on a shared machine);
 - ``gate_tick_s``: one gate tick (rollouts_tick) with five minutes of rollups present for every device
   (the cohort on 2.0.0, everyone else on 1.0.0);
 - ``director_per_s``: director ``timestamp.json`` responses per second over HTTP from gunicorn (2 sync
@@ -124,6 +125,18 @@ def load_rollups(rollout, start: dt.datetime, minutes: int) -> int:
     return rows
 
 
+def backend_cpu_s() -> float:
+    """CPU seconds used so far by this process's PostgreSQL backend (same machine): what a start costs
+    the database, steadier than wall-clock time on a machine shared with other work."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        pid = cursor.fetchone()[0]
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 def run_gunicorn(port: int) -> subprocess.Popen:
     env = dict(os.environ, DATABASE_CONN_MAX_AGE="600")
     process = subprocess.Popen(
@@ -190,6 +203,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="director measurement time")
     parser.add_argument("--threads", type=int, default=8, help="HTTP client threads")
     parser.add_argument("--rollup-minutes", type=int, default=5)
+    parser.add_argument(
+        "--start-only", action="store_true", help="stop after the rollout start (no rollups, gate tick, director)"
+    )
     args = parser.parse_args()
 
     server = test_services._start_postgres()
@@ -269,15 +285,32 @@ def main() -> None:
                 cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql, params)
                 print("\n".join(row[0] for row in cursor.fetchall()))
                 transaction.set_rollback(True)
-        t = time.perf_counter()
+        db_cpu, cpu, t = backend_cpu_s(), time.process_time(), time.perf_counter()
         rollouts.rollout_start(actor=actor, rollout=rollout, now=started_at)
         start_s = time.perf_counter() - t
+        start_cpu_s, start_db_cpu_s = time.process_time() - cpu, backend_cpu_s() - db_cpu
         from ota.models import RolloutDevice
 
         targets = RolloutDevice.objects.filter(rollout=rollout).count()
         first = RolloutDevice.objects.filter(rollout=rollout, stage=0).count()
-        print(f"rollout start: {targets} targets in 4 stages, {first} assigned in stage 1: {start_s:.2f} s")
+        print(
+            f"rollout start: {targets} targets in 4 stages, {first} assigned in stage 1: {start_s:.2f} s"
+            f" (CPU: PostgreSQL backend {start_db_cpu_s:.2f} s, bench process {start_cpu_s:.2f} s;"
+            f" load average {os.getloadavg()[0]:.1f})"
+        )
 
+        if args.start_only:
+            print(
+                json.dumps(
+                    {
+                        "bench": "rollout",
+                        "devices": args.devices,
+                        "start_1m_s": round(start_s, 3),
+                        "start_db_cpu_s": round(start_db_cpu_s, 2),
+                    }
+                )
+            )
+            return
         t = time.perf_counter()
         rows = load_rollups(rollout, started_at, args.rollup_minutes)
         print(f"loaded {rows} rollup rows (COPY) in {time.perf_counter() - t:.1f} s")
@@ -330,6 +363,7 @@ def main() -> None:
                     "bench": "rollout",
                     "devices": args.devices,
                     "start_1m_s": round(start_s, 3),
+                    "start_db_cpu_s": round(start_db_cpu_s, 2),
                     "gate_tick_s": round(tick_s, 3),
                     "director_per_s": round(director_per_s, 1),
                 }

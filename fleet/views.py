@@ -1,12 +1,15 @@
+from django.conf import settings
 from django.contrib.auth import views as auth_views
 from django.db import connection
 from django.db.models import Count
 from django.http import JsonResponse
+from django.utils import timezone
 
 from devices.models import Device, DeviceStatus
 from fleet.console import render_page, viewer_required
 from fleet.models import AuditEvent
 from ota.views import dashboard_updates
+from policies.selectors import budget_usage
 from telemetry.views import ingest_summary
 
 DASHBOARD_POLL_SECONDS = 10
@@ -57,6 +60,8 @@ def dashboard(request):
         **fleet_counts(),
         "ingest": ingest_summary(),
         **dashboard_updates(),
+        "budgets": budget_usage(at=timezone.now()),
+        "currency": settings.LLM_CURRENCY,
         "recent_audit": AuditEvent.objects.all()[:15],
         "poll_seconds": DASHBOARD_POLL_SECONDS,
     }

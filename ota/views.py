@@ -1,12 +1,15 @@
 """Console pages of updates: releases and staged rollouts. Every action calls ota.rollouts / ota.services,
 the functions the REST API calls, inside a transaction as the API does (they lock the rollout row)."""
 
+import datetime as dt
+
 from django.contrib import messages
 from django.db import transaction
 from django.db.models import Count
 from django.http import HttpResponseRedirect
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
+from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from fleet.console import (
@@ -231,6 +234,11 @@ def _pct(part, whole) -> float | None:
     return round(100.0 * part / whole, 3) if whole else None
 
 
+def _evaluated_at(created_at: dt.datetime, after: dict | None) -> dt.datetime:
+    at = parse_datetime((after or {}).get("at") or "")
+    return at or created_at
+
+
 def gate_charts(rollout: Rollout) -> dict:
     """Chart series from the rollout's gate evaluations (the audit events that store each evaluation's
     metric snapshot, oldest first): per gate its value against its threshold, and per figure the cohort
@@ -241,7 +249,8 @@ def gate_charts(rollout: Rollout) -> dict:
         ).values_list("created_at", "after")[:GATE_HISTORY_POINTS]
     )
     events.reverse()  # newest GATE_HISTORY_POINTS, drawn oldest first
-    t = [int(created_at.timestamp()) for created_at, _ in events]
+    # The evaluation's own time (``at``), or when it was recorded for evaluations stored without it.
+    t = [int(_evaluated_at(created_at, after).timestamp()) for created_at, after in events]
     names = sorted({gate["name"] for _, after in events for gate in (after or {}).get("gates", [])})
     gates = {}
     for name in names:

@@ -3,9 +3,9 @@
 import datetime as dt
 from collections import OrderedDict
 
-from django.db.models import Count, Q, Sum
+from django.db.models import Case, Count, Q, Sum, When
 
-from devices.models import Device
+from devices.models import Device, DeviceStatus
 from fleet_agent.policy import CompiledPolicy, EffectivePolicy, compile_policy, merge_policies
 from fleet_agent.policy.decide import window_starts
 from policies.models import BudgetCounter, LlmUsage, Policy, Scope
@@ -134,3 +134,82 @@ def usage_summary(*, since: dt.datetime, device: Device | None = None, group_nam
         "cloud_by_model": grouped(rows.filter(route="cloud"), "source", "model"),
         "decisions_by_reason": grouped(rows, "source", "route", "reason"),
     }
+
+
+BUDGET_FIELDS = (("tokens", "tokens"), ("cost", "cost_micros"), ("requests", "requests"))
+BUDGET_WINDOWS = ("hour", "day", "month")
+
+
+def budget_usage(*, at: dt.datetime, max_scopes: int = 20) -> list[dict]:
+    """Cloud usage against budgets, per scope policy that sets budgets (fleet default, groups, then
+    devices, at most ``max_scopes``), per window (current hour, day, month) and per budgeted field.
+
+    A budget limits each device of its scope (the gateway reserves against each device's own counter),
+    so a scope's budget is its per-device limit times its active devices, its usage the sum of its
+    devices' counters in the current window (settled and reserved), and ``at_limit`` how many of its
+    devices have used their whole limit. One aggregate query per scope and window, on the counters of
+    the current window only (index budget_counter_window_idx).
+    """
+    starts = window_starts(at)
+    rank = Case(When(scope=Scope.FLEET, then=0), When(scope=Scope.GROUP, then=1), default=2)
+    policies = (
+        Policy.objects.filter(document__has_key="budgets")
+        .select_related("group")
+        .annotate(rank=rank)
+        .order_by("rank", "id")[:max_scopes]
+    )
+    active = Device.objects.filter(status=DeviceStatus.ACTIVE)
+    out = []
+    for policy in policies:
+        budgets = policy.document.get("budgets") or {}
+        soft = float(policy.document.get("budget_soft_threshold", 0.8))
+        counters = BudgetCounter.objects.all()
+        if policy.scope == Scope.GROUP:
+            counters, devices = (
+                counters.filter(device__group_id=policy.group_id),
+                active.filter(group_id=policy.group_id),
+            )
+        elif policy.scope == Scope.DEVICE:
+            counters, devices = counters.filter(device_id=policy.device_id), active.filter(pk=policy.device_id)
+        else:
+            devices = active
+        device_count = devices.count()
+        for window in BUDGET_WINDOWS:
+            limits = budgets.get(window) or {}
+            fields = [(name, column) for name, column in BUDGET_FIELDS if name in limits]
+            if not fields:
+                continue
+            scale = {"cost": 1_000_000}  # counters keep cost in millionths of LLM_CURRENCY
+            aggregates = {}
+            for name, column in fields:
+                aggregates[f"{name}_used"] = Sum(column)
+                limit_in_counter_units = limits[name] * scale.get(name, 1)
+                aggregates[f"{name}_at_limit"] = Count("id", filter=Q(**{f"{column}__gte": limit_in_counter_units}))
+            totals = counters.filter(window=window, window_start=starts[window]).aggregate(**aggregates)
+            rows = []
+            for name, _column in fields:
+                used = (totals[f"{name}_used"] or 0) / scale.get(name, 1)
+                budget = limits[name] * device_count
+                share = used / budget if budget else (1.0 if used else 0.0)
+                rows.append(
+                    {
+                        "field": name,
+                        "used": used,
+                        "limit_per_device": limits[name],
+                        "budget": budget,
+                        "percent": round(100 * share, 1),
+                        "bar_percent": round(min(100.0, 100 * share), 1),
+                        "level": "over" if share >= 1 else "warn" if share >= soft else "ok",
+                        "at_limit": totals[f"{name}_at_limit"],
+                    }
+                )
+            out.append(
+                {
+                    "scope": policy.label,
+                    "window": window,
+                    "window_start": starts[window],
+                    "devices": device_count,
+                    "fields": rows,
+                }
+            )
+    return out

@@ -267,6 +267,7 @@ def test_rollout_page_charts_each_gate_against_its_threshold_and_the_cohort_agai
     assert charts["points"] == 2
     gate = charts["gates"]["error_rate"]
     assert gate["threshold"] == [0.1, 0.1]
+    assert gate["t"][1] - gate["t"][0] == 60  # drawn at each evaluation's own time, a minute apart
     assert gate["value"] == pytest.approx([0.06, 0.06])  # 6 % in the cohort - 0 % in the control
     assert charts["compare"]["error_rate"]["cohort"] == [6.0, 6.0]
     assert charts["compare"]["error_rate"]["control"] == [0.0, 0.0]

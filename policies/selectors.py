@@ -136,8 +136,9 @@ def usage_summary(*, since: dt.datetime, device: Device | None = None, group_nam
     }
 
 
-BUDGET_FIELDS = (("tokens", "tokens"), ("cost", "cost_micros"), ("requests", "requests"))
+BUDGET_FIELDS = {"tokens": "tokens", "cost": "cost_micros", "requests": "requests"}  # field: counter column
 BUDGET_WINDOWS = ("hour", "day", "month")
+_COUNTER_SCALE = {"cost": 1_000_000}  # counters keep cost in millionths of LLM_CURRENCY
 
 
 def budget_usage(*, at: dt.datetime, max_scopes: int = 20) -> list[dict]:
@@ -147,60 +148,86 @@ def budget_usage(*, at: dt.datetime, max_scopes: int = 20) -> list[dict]:
     A budget limits each device of its scope (the gateway reserves against each device's own counter),
     so a scope's budget is its per-device limit times its active devices, its usage the sum of its
     devices' counters in the current window (settled and reserved), and ``at_limit`` how many of its
-    devices have used their whole limit. One aggregate query per scope and window, on the counters of
-    the current window only (index budget_counter_window_idx).
+    devices have used their whole limit.
+
+    Queries do not grow with the number of scopes: one per window over that window's counters (index
+    budget_counter_window_idx), summed per device group, with one conditional count per distinct limit;
+    device scopes read their own few counters; and one count of active devices per scoped group.
     """
     starts = window_starts(at)
     rank = Case(When(scope=Scope.FLEET, then=0), When(scope=Scope.GROUP, then=1), default=2)
-    policies = (
+    policies = list(
         Policy.objects.filter(document__has_key="budgets")
         .select_related("group")
         .annotate(rank=rank)
         .order_by("rank", "id")[:max_scopes]
     )
+    if not policies:
+        return []
+    limits = {p.pk: {w: (p.document.get("budgets") or {}).get(w) or {} for w in BUDGET_WINDOWS} for p in policies}
+    device_ids = [p.device_id for p in policies if p.scope == Scope.DEVICE]
+    group_ids = [p.group_id for p in policies if p.scope == Scope.GROUP]
     active = Device.objects.filter(status=DeviceStatus.ACTIVE)
+    devices_in = {None: active.count()} if any(p.scope == Scope.FLEET for p in policies) else {}
+    devices_in |= dict(active.filter(group_id__in=group_ids).order_by().values_list("group_id").annotate(n=Count("*")))
+    devices_in |= {("device", d): 1 for d in active.filter(pk__in=device_ids).values_list("pk", flat=True)}
+
+    totals: dict[str, dict] = {}  # window -> {group id or ("device", id): {aggregate: value}}
+    for window in BUDGET_WINDOWS:
+        budgeted = [(p, limits[p.pk][window]) for p in policies if limits[p.pk][window]]
+        if not budgeted:
+            continue
+        thresholds: dict[tuple, str] = {}  # (field, limit) -> the alias of its conditional count
+        aggregates = {f"{field}_used": Sum(column) for field, column in BUDGET_FIELDS.items()}
+        for _policy, window_limits in budgeted:
+            for field, limit in window_limits.items():
+                if field in BUDGET_FIELDS and (field, limit) not in thresholds:
+                    thresholds[(field, limit)] = f"at_limit_{len(thresholds)}"
+                    aggregates[thresholds[(field, limit)]] = Count(
+                        "id", filter=Q(**{f"{BUDGET_FIELDS[field]}__gte": limit * _COUNTER_SCALE.get(field, 1)})
+                    )
+        counters = BudgetCounter.objects.filter(window=window, window_start=starts[window])
+        by_key = {}
+        if any(p.scope != Scope.DEVICE for p, _ in budgeted):
+            for row in counters.order_by().values("device__group_id").annotate(**aggregates):
+                by_key[row.pop("device__group_id")] = row
+        if device_ids:
+            for row in counters.filter(device_id__in=device_ids).order_by().values("device_id").annotate(**aggregates):
+                by_key[("device", row.pop("device_id"))] = row
+        totals[window] = {"rows": by_key, "thresholds": thresholds}
+
     out = []
     for policy in policies:
-        budgets = policy.document.get("budgets") or {}
         soft = float(policy.document.get("budget_soft_threshold", 0.8))
-        counters = BudgetCounter.objects.all()
-        if policy.scope == Scope.GROUP:
-            counters, devices = (
-                counters.filter(device__group_id=policy.group_id),
-                active.filter(group_id=policy.group_id),
-            )
-        elif policy.scope == Scope.DEVICE:
-            counters, devices = counters.filter(device_id=policy.device_id), active.filter(pk=policy.device_id)
-        else:
-            devices = active
-        device_count = devices.count()
+        # The fleet default sums every group's row (devices without a group are the row of group None).
+        key = {Scope.FLEET: None, Scope.GROUP: policy.group_id}.get(policy.scope, ("device", policy.device_id))
+        device_count = devices_in.get(key, 0)
         for window in BUDGET_WINDOWS:
-            limits = budgets.get(window) or {}
-            fields = [(name, column) for name, column in BUDGET_FIELDS if name in limits]
-            if not fields:
+            window_limits = {f: v for f, v in limits[policy.pk][window].items() if f in BUDGET_FIELDS}
+            if not window_limits or window not in totals:
                 continue
-            scale = {"cost": 1_000_000}  # counters keep cost in millionths of LLM_CURRENCY
-            aggregates = {}
-            for name, column in fields:
-                aggregates[f"{name}_used"] = Sum(column)
-                limit_in_counter_units = limits[name] * scale.get(name, 1)
-                aggregates[f"{name}_at_limit"] = Count("id", filter=Q(**{f"{column}__gte": limit_in_counter_units}))
-            totals = counters.filter(window=window, window_start=starts[window]).aggregate(**aggregates)
-            rows = []
-            for name, _column in fields:
-                used = (totals[f"{name}_used"] or 0) / scale.get(name, 1)
-                budget = limits[name] * device_count
+            rows_by_key, thresholds = totals[window]["rows"], totals[window]["thresholds"]
+            if policy.scope == Scope.FLEET:
+                rows = [row for k, row in rows_by_key.items() if not isinstance(k, tuple)]
+            else:
+                rows = [rows_by_key[key]] if key in rows_by_key else []
+            fields = []
+            for field, limit in window_limits.items():
+                scale = _COUNTER_SCALE.get(field, 1)
+                used = sum(r[f"{field}_used"] or 0 for r in rows) / scale
+                at_limit = sum(r[thresholds[(field, limit)]] for r in rows)
+                budget = limit * device_count
                 share = used / budget if budget else (1.0 if used else 0.0)
-                rows.append(
+                fields.append(
                     {
-                        "field": name,
+                        "field": field,
                         "used": used,
-                        "limit_per_device": limits[name],
+                        "limit_per_device": limit,
                         "budget": budget,
                         "percent": round(100 * share, 1),
                         "bar_percent": round(min(100.0, 100 * share), 1),
                         "level": "over" if share >= 1 else "warn" if share >= soft else "ok",
-                        "at_limit": totals[f"{name}_at_limit"],
+                        "at_limit": at_limit,
                     }
                 )
             out.append(
@@ -209,7 +236,7 @@ def budget_usage(*, at: dt.datetime, max_scopes: int = 20) -> list[dict]:
                     "window": window,
                     "window_start": starts[window],
                     "devices": device_count,
-                    "fields": rows,
+                    "fields": fields,
                 }
             )
     return out

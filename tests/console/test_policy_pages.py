@@ -116,6 +116,9 @@ def test_dashboard_shows_cloud_usage_against_each_scopes_budget_and_polls_it(vie
         actor=SYSTEM, scope="fleet", document=dict(PRIVACY_FIRST, budgets={"day": {"tokens": 1000, "cost": 1.0}})
     )
     services.policy_create(actor=SYSTEM, scope="group", group=clinic, document={"budgets": {"day": {"tokens": 500}}})
+    services.policy_create(
+        actor=SYSTEM, scope="device", device=elsewhere, document={"budgets": {"month": {"requests": 4}}}
+    )
     now = timezone.now()
     # What the gateway does before forwarding a request: reserve in every window of the device's policy.
     for device, tokens in ((in_clinic, 500), (elsewhere, 300)):
@@ -139,6 +142,10 @@ def test_dashboard_shows_cloud_usage_against_each_scopes_budget_and_polls_it(vie
     clinic_tokens = re.search(r'data-budget="group:clinic:day:tokens">(.*?)</tr>', page, re.S)[1]
     assert "100.0 %" in clinic_tokens and "usage-bar over" in clinic_tokens
     assert clinic_tokens.strip().endswith('<td class="num">1</td>')  # one device has used its whole limit
+    lobby_requests = re.search(r'data-budget="device:cam-lobby:month:requests">(.*?)</tr>', page, re.S)[1]
+    assert "25.0 %" in lobby_requests and "1 of 4" in lobby_requests
+    assert page.index('data-budget="fleet:day:tokens"') < page.index('data-budget="group:clinic:day:tokens"')
+    assert page.index('data-budget="group:clinic:day:tokens"') < page.index('data-budget="device:cam-lobby')
     # The card is in the fragment the dashboard polls, so it follows usage without a reload.
     assert 'data-budget="fleet:day:tokens"' in html(viewer_client.get("/", HTTP_HX_REQUEST="true"))
 

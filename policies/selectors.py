@@ -141,7 +141,9 @@ BUDGET_WINDOWS = ("hour", "day", "month")
 _COUNTER_SCALE = {"cost": 1_000_000}  # counters keep cost in millionths of LLM_CURRENCY
 
 
-def budget_usage(*, at: dt.datetime, max_scopes: int = 20) -> list[dict]:
+def budget_usage(
+    *, at: dt.datetime, active_by_group: dict[int | None, int] | None = None, max_scopes: int = 20
+) -> list[dict]:
     """Cloud usage against budgets, per scope policy that sets budgets (fleet default, groups, then
     devices, at most ``max_scopes``), per window (current hour, day, month) and per budgeted field.
 
@@ -150,9 +152,10 @@ def budget_usage(*, at: dt.datetime, max_scopes: int = 20) -> list[dict]:
     devices' counters in the current window (settled and reserved), and ``at_limit`` how many of its
     devices have used their whole limit.
 
-    Queries do not grow with the number of scopes: one per window over that window's counters (index
-    budget_counter_window_idx), summed per device group, with one conditional count per distinct limit;
-    device scopes read their own few counters; and one count of active devices per scoped group.
+    Per window (index budget_counter_window_idx, that window's counters only): one aggregate for the
+    fleet without a join, one for the scoped groups (joining only their devices), one for the scoped
+    devices, each with one conditional count per distinct limit; and one count of active devices per
+    scoped group. Queries do not grow with the number of scopes.
     """
     starts = window_starts(at)
     rank = Case(When(scope=Scope.FLEET, then=0), When(scope=Scope.GROUP, then=1), default=2)
@@ -167,12 +170,15 @@ def budget_usage(*, at: dt.datetime, max_scopes: int = 20) -> list[dict]:
     limits = {p.pk: {w: (p.document.get("budgets") or {}).get(w) or {} for w in BUDGET_WINDOWS} for p in policies}
     device_ids = [p.device_id for p in policies if p.scope == Scope.DEVICE]
     group_ids = [p.group_id for p in policies if p.scope == Scope.GROUP]
-    active = Device.objects.filter(status=DeviceStatus.ACTIVE)
-    devices_in = {None: active.count()} if any(p.scope == Scope.FLEET for p in policies) else {}
-    devices_in |= dict(active.filter(group_id__in=group_ids).order_by().values_list("group_id").annotate(n=Count("*")))
-    devices_in |= {("device", d): 1 for d in active.filter(pk__in=device_ids).values_list("pk", flat=True)}
+    if active_by_group is None:
+        active_by_group = dict(
+            Device.objects.filter(status=DeviceStatus.ACTIVE).order_by().values_list("group_id").annotate(n=Count("*"))
+        )
+    devices_in: dict = {None: sum(active_by_group.values())} | {g: active_by_group.get(g, 0) for g in group_ids}
+    active_devices = Device.objects.filter(status=DeviceStatus.ACTIVE, pk__in=device_ids).values_list("pk", flat=True)
+    devices_in |= {("device", d): 1 for d in active_devices}
 
-    totals: dict[str, dict] = {}  # window -> {group id or ("device", id): {aggregate: value}}
+    totals: dict[str, dict] = {}  # window -> {None (fleet), group id or ("device", id): {aggregate: value}}
     for window in BUDGET_WINDOWS:
         budgeted = [(p, limits[p.pk][window]) for p in policies if limits[p.pk][window]]
         if not budgeted:
@@ -188,8 +194,14 @@ def budget_usage(*, at: dt.datetime, max_scopes: int = 20) -> list[dict]:
                     )
         counters = BudgetCounter.objects.filter(window=window, window_start=starts[window])
         by_key = {}
-        if any(p.scope != Scope.DEVICE for p, _ in budgeted):
-            for row in counters.order_by().values("device__group_id").annotate(**aggregates):
+        if any(p.scope == Scope.FLEET for p, _ in budgeted):
+            # Without a join: the fleet's row sums this window's counters from the index alone.
+            by_key[None] = counters.aggregate(**aggregates)
+        scoped_groups = [p.group_id for p, _ in budgeted if p.scope == Scope.GROUP]
+        if scoped_groups:
+            # Only the scoped groups' devices are joined (from the (group, id) index), not the whole fleet.
+            grouped = counters.filter(device__group_id__in=scoped_groups).order_by().values("device__group_id")
+            for row in grouped.annotate(**aggregates):
                 by_key[row.pop("device__group_id")] = row
         if device_ids:
             for row in counters.filter(device_id__in=device_ids).order_by().values("device_id").annotate(**aggregates):
@@ -199,7 +211,6 @@ def budget_usage(*, at: dt.datetime, max_scopes: int = 20) -> list[dict]:
     out = []
     for policy in policies:
         soft = float(policy.document.get("budget_soft_threshold", 0.8))
-        # The fleet default sums every group's row (devices without a group are the row of group None).
         key = {Scope.FLEET: None, Scope.GROUP: policy.group_id}.get(policy.scope, ("device", policy.device_id))
         device_count = devices_in.get(key, 0)
         for window in BUDGET_WINDOWS:
@@ -207,10 +218,7 @@ def budget_usage(*, at: dt.datetime, max_scopes: int = 20) -> list[dict]:
             if not window_limits or window not in totals:
                 continue
             rows_by_key, thresholds = totals[window]["rows"], totals[window]["thresholds"]
-            if policy.scope == Scope.FLEET:
-                rows = [row for k, row in rows_by_key.items() if not isinstance(k, tuple)]
-            else:
-                rows = [rows_by_key[key]] if key in rows_by_key else []
+            rows = [rows_by_key[key]] if key in rows_by_key else []
             fields = []
             for field, limit in window_limits.items():
                 scale = _COUNTER_SCALE.get(field, 1)

@@ -183,6 +183,25 @@ def add_policies(*, group) -> None:
         celery_app.conf.task_always_eager = previous
 
 
+def add_cloud_usage(device_ids: list[str]) -> None:
+    """Cloud requests of the day through the gateway's budget reservation (what it does before forwarding)."""
+    from policies import selectors
+    from policies import services as policy_services
+
+    for n, device in enumerate(Device.objects.filter(pk__in=device_ids).order_by("pk")):
+        tokens = 300_000 + 30_000 * n  # under the 1,000,000 a day of PRIVACY_FIRST
+        policy_services.budget_reserve(
+            device=device,
+            document=selectors.effective_policy(device).document,
+            task="chat",
+            data_class="public",
+            model="small",
+            tokens=tokens,
+            cost_micros=tokens * 40,
+            at=timezone.now(),
+        )
+
+
 def start_a_rollout(hardware: list[str]) -> None:
     """The fleet's cameras on detector 1.4.0, and a rollout of 1.5.0 in its first stage."""
     from django.db import transaction
@@ -359,10 +378,12 @@ def test_device_list_pages_through_a_larger_fleet_with_next_and_previous(page_fo
     add_inference_history("cam-001")
     add_heartbeats_and_dead_letters("cam-001")
     add_policies(group=sites[1])
+    add_cloud_usage([f"cam-{n:03d}" for n in range(0, 60, 3)])
     start_a_rollout(hardware)
 
     page = page_for(Role.OPERATOR)
     expect(page.locator('[data-counter="pending"]')).to_have_text("3")
+    expect(page.locator('[data-budget="fleet:day:tokens"] .usage-bar')).to_be_visible()
     screenshot(page, "dashboard-fleet")
 
     page.click("nav >> text=Devices")

@@ -136,7 +136,7 @@ def test_dashboard_shows_cloud_usage_against_each_scopes_budget_and_polls_it(vie
     page = html(viewer_client.get("/"))
     assert 'id="cloud-budgets"' in page
     fleet_tokens = re.search(r'data-budget="fleet:day:tokens">(.*?)</tr>', page, re.S)[1]
-    assert "40.0 %" in fleet_tokens and "800 of 2000" in fleet_tokens  # 2 devices x 1000
+    assert "40.0 %" in fleet_tokens and "800 of 2,000" in fleet_tokens  # 2 devices x 1000
     fleet_cost = re.search(r'data-budget="fleet:day:cost">(.*?)</tr>', page, re.S)[1]
     assert "10.0 %" in fleet_cost and "0.20 of 2.00" in fleet_cost
     clinic_tokens = re.search(r'data-budget="group:clinic:day:tokens">(.*?)</tr>', page, re.S)[1]

@@ -39,10 +39,12 @@ from ota.views import device_updates
 from policies.views import device_policy
 from telemetry import histogram
 from telemetry.models import InferenceRollup
+from telemetry.selectors import device_presence_history
 from telemetry.views import heartbeat_series
 
 PAGE_SIZE = 50
 DEVICE_POLL_SECONDS = 15
+PRESENCE_HISTORY_ROWS = 10  # the last transitions; the API gives more (GET /api/v1/devices/{id}/presence/)
 
 
 def _confirm(request, *, title: str, message: str, action: str, button: str, cancel_url: str, **extra):
@@ -298,6 +300,7 @@ def device_detail(request, device_id: str):
         "certificate_days_left": (certificate.not_after - now).days if certificate else None,
         "poll_seconds": DEVICE_POLL_SECONDS,
         "now": now,
+        "presence_history": device_presence_history(device_id=device.id, limit=PRESENCE_HISTORY_ROWS),
     }
     if not is_htmx(request):
         context |= {

@@ -200,10 +200,13 @@ MQTT_PLATFORM_URL = env_str("MQTT_PLATFORM_URL", "mqtts://127.0.0.1:8884")
 # Folder with the broker's CA files and the platform clients' certificates (see fleet/broker.py).
 MQTT_TLS_DIR = Path(env_str("MQTT_TLS_DIR", str(STATE_DIR / "broker")))
 
-# Telemetry retention (days): raw inference records and heartbeats, per-minute rollups, dead letters.
+# Telemetry retention (days): raw inference records and heartbeats, per-minute rollups, dead letters,
+# presence history.
 TELEMETRY_RAW_RETENTION_DAYS = env_int("TELEMETRY_RAW_RETENTION_DAYS", 14, minimum=1)
 TELEMETRY_ROLLUP_RETENTION_DAYS = env_int("TELEMETRY_ROLLUP_RETENTION_DAYS", 400, minimum=1)
 TELEMETRY_DEAD_LETTER_RETENTION_DAYS = env_int("TELEMETRY_DEAD_LETTER_RETENTION_DAYS", 30, minimum=1)
+# Presence history (telemetry.PresenceEvent): a few rows per device and connection, kept longer than raw rows.
+TELEMETRY_PRESENCE_RETENTION_DAYS = env_int("TELEMETRY_PRESENCE_RETENTION_DAYS", 90, minimum=1)
 
 # Device identity.
 DEVICE_CERT_DAYS = env_int("FLEET_DEVICE_CERT_DAYS", 90, minimum=1)

@@ -8,6 +8,7 @@ app_name = "ota"
 
 urlpatterns = [
     path("releases/", views.releases, name="releases"),
+    path("releases/upload/", views.release_upload, name="release-upload"),
     path("releases/<int:artifact_id>/revoke/", views.release_revoke, name="release-revoke"),
     path("rollouts/", views.rollout_list, name="rollouts"),
     path("rollouts/preview/", views.rollout_preview, name="rollout-preview"),

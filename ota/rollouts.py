@@ -557,7 +557,7 @@ def rollout_evaluate(*, rollout: Rollout, now: dt.datetime | None = None) -> dic
             action="rollout.gate_evaluation",
             object_type="rollout",
             object_id=str(rollout.pk),
-            after=snapshot,
+            after=rollout.last_decision,  # with the evaluation's time, which the rollout page charts
         )
         if decision == "pause":
             rollout_pause(actor=SYSTEM, rollout=rollout, reason="gate_failed")

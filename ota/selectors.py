@@ -7,8 +7,10 @@ from django.db import connection
 from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
+from tuf.api.metadata import Metadata, Targets
 
 from devices.models import Device, DeviceStatus
+from fleet.models import AuditEvent
 from ota.cohorts import BUCKETS, reached_filter_limit
 from ota.gates import Metrics
 from ota.models import FAILED_STATES, Artifact, Repository, RepositoryMetadata, Rollout, RolloutDevice, UpdateState
@@ -256,3 +258,31 @@ def cohort_metrics(*, rollout: Rollout, now: dt.datetime) -> tuple[Metrics, Metr
     )
     sides["cohort"].update(installs)
     return Metrics.from_dict(sides["cohort"]), Metrics.from_dict(sides["control"])
+
+
+def release_signature(artifact: Artifact) -> dict | None:
+    """Where a release was signed: the image repository's targets metadata that first listed it (its
+    version from the release's audit event), that file's signatures, and the hashes it lists for the
+    release. None when the metadata is gone (e.g. written before the audit event recorded its version)."""
+    event = (
+        AuditEvent.objects.filter(action="ota.release.create", object_type="artifact", object_id=str(artifact.pk))
+        .only("after")
+        .first()
+    )
+    version = (event.after or {}).get("targets_version") if event else None
+    row = (
+        RepositoryMetadata.objects.filter(repository=Repository.IMAGE, role="targets", version=version).first()
+        if version
+        else None
+    )
+    if row is None:
+        return None
+    md = Metadata[Targets].from_bytes(bytes(row.content))
+    target = md.signed.targets.get(artifact.target_path)
+    return {
+        "targets_version": md.signed.version,
+        "expires": md.signed.expires,
+        "signatures": [{"keyid": keyid, "sig": sig.signature} for keyid, sig in md.signatures.items()],
+        "hashes": dict(target.hashes) if target else {},
+        "length": target.length if target else None,
+    }

@@ -1,18 +1,22 @@
 """Console pages of updates: releases and staged rollouts. Every action calls ota.rollouts / ota.services,
 the functions the REST API calls, inside a transaction as the API does (they lock the rollout row)."""
 
+import datetime as dt
+
 from django.contrib import messages
 from django.db import transaction
 from django.db.models import Count
 from django.http import HttpResponseRedirect
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
+from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from fleet.console import (
     actor_of,
     admin_required,
     error_message,
+    is_htmx,
     keyset_page,
     operator_required,
     render_page,
@@ -21,6 +25,7 @@ from fleet.console import (
 from fleet.errors import ApiError
 from fleet.models import AuditEvent
 from ota import rollouts, selectors, services
+from ota.api.serializers import ArtifactUploadSerializer
 from ota.forms import RolloutForm
 from ota.models import Artifact, DirectorState, Rollout, RolloutDevice, RolloutState, UpdateState, UpdateStatusReport
 
@@ -34,9 +39,56 @@ STATE_CHOICES = [("", "any state"), *RolloutState.choices]
 @viewer_required
 @require_GET
 def releases(request):
-    """Released model artifacts with their hashes and signing state (uploads go through the API)."""
+    """Released model artifacts with their hashes and signing state; operators upload new ones here."""
     page = keyset_page(selectors.artifact_list(), request.GET, size=50, descending=True)
     return render_page(request, "ota/releases.html", "ota/_release_list.html", {"page": page})
+
+
+@operator_required  # as the API: operators upload releases (revoking one is an admin's)
+@require_POST
+def release_upload(request):
+    """Upload a model file and sign it into the image repository as a release, with the API's input
+    serializer and the API's service (POST /api/v1/ota/artifacts/), so both accept and refuse the same.
+
+    The page's upload.js posts the form with XMLHttpRequest to show the upload's progress and swaps in
+    the answer: the new release with its hashes and signature, or the refusal per field. Without
+    JavaScript the form is a plain post and the answer is the releases page with a message."""
+    payload = ArtifactUploadSerializer(
+        data={
+            "file": request.FILES.get("file"),
+            "name": request.POST.get("name", "").strip(),
+            "version": request.POST.get("version", "").strip(),
+            "runtime": request.POST.get("runtime", "").strip(),
+            "hardware_classes": request.POST.get("hardware_classes", "").replace(",", " ").split(),
+        }
+    )
+    context: dict = {"artifact": None, "signature": None, "errors": []}
+    status = 201
+    if not payload.is_valid():
+        context["errors"] = [(field, " ".join(str(m) for m in msgs)) for field, msgs in payload.errors.items()]
+        status = 400
+    else:
+        data = payload.validated_data
+        try:
+            artifact = services.artifact_upload(
+                actor=actor_of(request),
+                upload=data["file"],
+                name=data["name"],
+                version=data["version"],
+                runtime=data["runtime"],
+                hardware_classes=data["hardware_classes"],
+            )
+            context |= {"artifact": artifact, "signature": selectors.release_signature(artifact)}
+        except ApiError as exc:
+            context["errors"] = [(exc.field or "file", error_message(exc))]
+            status = exc.status_code
+    if is_htmx(request):
+        return render(request, "ota/_release_uploaded.html", context, status=status)
+    if context["artifact"]:
+        messages.success(request, f"Released {context['artifact']} (sha256 {context['artifact'].sha256}).")
+    for field, message in context["errors"]:
+        messages.error(request, f"{field}: {message}")
+    return HttpResponseRedirect(reverse("ota:releases"))
 
 
 @admin_required  # as the API: revoking a release is an admin's decision
@@ -163,6 +215,60 @@ def _stage_rows(rollout: Rollout) -> list[dict]:
     return rows
 
 
+GATE_HISTORY_POINTS = 240  # gate evaluations charted: four hours at the gate tick's once a minute
+
+# Cohort against control, per figure: (label, unit, how to get it from one side's metrics).
+COMPARISONS = {
+    "error_rate": ("Inference error rate", " %", lambda m: _pct(m.get("errors"), m.get("inferences"))),
+    "p95_ms": ("p95 latency", " ms", lambda m: m.get("p95_ms")),
+    "offline_rate": ("Offline devices", " %", lambda m: _pct(m.get("offline"), m.get("devices"))),
+    "confidence": (
+        "Mean confidence",
+        "",
+        lambda m: round(m["confidence_sum"] / m["confidence_count"], 4) if m.get("confidence_count") else None,
+    ),
+}
+
+
+def _pct(part, whole) -> float | None:
+    return round(100.0 * part / whole, 3) if whole else None
+
+
+def _evaluated_at(created_at: dt.datetime, after: dict | None) -> dt.datetime:
+    at = parse_datetime((after or {}).get("at") or "")
+    return at or created_at
+
+
+def gate_charts(rollout: Rollout) -> dict:
+    """Chart series from the rollout's gate evaluations (the audit events that store each evaluation's
+    metric snapshot, oldest first): per gate its value against its threshold, and per figure the cohort
+    against the control cohort. A gate an evaluation did not have (another stage) is a gap."""
+    events = list(
+        AuditEvent.objects.filter(
+            object_type="rollout", object_id=str(rollout.pk), action="rollout.gate_evaluation"
+        ).values_list("created_at", "after")[:GATE_HISTORY_POINTS]
+    )
+    events.reverse()  # newest GATE_HISTORY_POINTS, drawn oldest first
+    # The evaluation's own time (``at``), or when it was recorded for evaluations stored without it.
+    t = [int(_evaluated_at(created_at, after).timestamp()) for created_at, after in events]
+    names = sorted({gate["name"] for _, after in events for gate in (after or {}).get("gates", [])})
+    gates = {}
+    for name in names:
+        by_event = [{g["name"]: g for g in (after or {}).get("gates", [])}.get(name) for _, after in events]
+        gates[name] = {
+            "t": t,
+            "value": [g["value"] if g else None for g in by_event],
+            "threshold": [g["threshold"] if g else None for g in by_event],
+        }
+    compare = {}
+    for key, (label, unit, figure) in COMPARISONS.items():
+        cohort = [figure((after or {}).get("cohort") or {}) for _, after in events]
+        control = [figure((after or {}).get("control") or {}) for _, after in events]
+        if any(v is not None for v in cohort + control):
+            compare[key] = {"t": t, "cohort": cohort, "control": control, "label": label, "unit": unit}
+    return {"points": len(t), "gates": gates, "compare": compare}
+
+
 @viewer_required
 @require_GET
 def rollout_detail(request, rollout_id: int):
@@ -177,6 +283,7 @@ def rollout_detail(request, rollout_id: int):
         "sides": [(side, decision[side]) for side in ("cohort", "control") if side in decision],
         "poll_seconds": ROLLOUT_POLL_SECONDS,
         "live": rollout.state in (RolloutState.RUNNING, RolloutState.PAUSED),
+        "charts": gate_charts(rollout),
         "trail": AuditEvent.objects.filter(object_type="rollout", object_id=str(rollout.pk))[:50],
     }
     return render_page(request, "ota/rollout.html", "ota/_rollout_progress.html", context)

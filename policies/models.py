@@ -149,6 +149,11 @@ class BudgetCounter(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["device", "window", "window_start"], name="budget_counter_unique"),
         ]
+        indexes = [
+            # The dashboard sums the counters of the current window across devices (usage against budgets);
+            # the unique constraint leads with the device, so it cannot find one window's rows.
+            models.Index(fields=["window", "window_start"], name="budget_counter_window_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.device_id} {self.window}@{self.window_start:%Y-%m-%d %H:%M}"

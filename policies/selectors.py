@@ -5,9 +5,9 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from django.db import InterfaceError, OperationalError, connection
-from django.db.models import Count, Q, Sum
+from django.db.models import Case, Count, Q, Sum, When
 
-from devices.models import Device
+from devices.models import Device, DeviceStatus
 from fleet_agent.policy import CompiledPolicy, EffectivePolicy, compile_policy, merge_policies
 from fleet_agent.policy.decide import window_starts
 from policies.models import BudgetCounter, LlmUsage, Policy, Scope
@@ -188,3 +188,117 @@ def usage_summary(*, since: dt.datetime, device: Device | None = None, group_nam
         "cloud_by_model": grouped(rows.filter(route="cloud"), "source", "model"),
         "decisions_by_reason": grouped(rows, "source", "route", "reason"),
     }
+
+
+BUDGET_FIELDS = {"tokens": "tokens", "cost": "cost_micros", "requests": "requests"}  # field: counter column
+BUDGET_WINDOWS = ("hour", "day", "month")
+_COUNTER_SCALE = {"cost": 1_000_000}  # counters keep cost in millionths of LLM_CURRENCY
+
+
+def budget_usage(
+    *, at: dt.datetime, active_by_group: dict[int | None, int] | None = None, max_scopes: int = 20
+) -> list[dict]:
+    """Cloud usage against budgets, per scope policy that sets budgets (fleet default, groups, then
+    devices, at most ``max_scopes``), per window (current hour, day, month) and per budgeted field.
+
+    A budget limits each device of its scope (the gateway reserves against each device's own counter),
+    so a scope's budget is its per-device limit times its active devices, its usage the sum of its
+    devices' counters in the current window (settled and reserved), and ``at_limit`` how many of its
+    devices have used their whole limit.
+
+    Per window (index budget_counter_window_idx, that window's counters only): one aggregate for the
+    fleet without a join, one for the scoped groups (joining only their devices), one for the scoped
+    devices, each with one conditional count per distinct limit; and one count of active devices per
+    scoped group. Queries do not grow with the number of scopes.
+    """
+    starts = window_starts(at)
+    rank = Case(When(scope=Scope.FLEET, then=0), When(scope=Scope.GROUP, then=1), default=2)
+    policies = list(
+        Policy.objects.filter(document__has_key="budgets")
+        .select_related("group")
+        .annotate(rank=rank)
+        .order_by("rank", "id")[:max_scopes]
+    )
+    if not policies:
+        return []
+    limits = {p.pk: {w: (p.document.get("budgets") or {}).get(w) or {} for w in BUDGET_WINDOWS} for p in policies}
+    device_ids = [p.device_id for p in policies if p.scope == Scope.DEVICE]
+    group_ids = [p.group_id for p in policies if p.scope == Scope.GROUP]
+    if active_by_group is None:
+        active_by_group = dict(
+            Device.objects.filter(status=DeviceStatus.ACTIVE).order_by().values_list("group_id").annotate(n=Count("*"))
+        )
+    devices_in: dict = {None: sum(active_by_group.values())} | {g: active_by_group.get(g, 0) for g in group_ids}
+    active_devices = Device.objects.filter(status=DeviceStatus.ACTIVE, pk__in=device_ids).values_list("pk", flat=True)
+    devices_in |= {("device", d): 1 for d in active_devices}
+
+    totals: dict[str, dict] = {}  # window -> {None (fleet), group id or ("device", id): {aggregate: value}}
+    for window in BUDGET_WINDOWS:
+        budgeted = [(p, limits[p.pk][window]) for p in policies if limits[p.pk][window]]
+        if not budgeted:
+            continue
+        thresholds: dict[tuple, str] = {}  # (field, limit) -> the alias of its conditional count
+        aggregates = {f"{field}_used": Sum(column) for field, column in BUDGET_FIELDS.items()}
+        for _policy, window_limits in budgeted:
+            for field, limit in window_limits.items():
+                if field in BUDGET_FIELDS and (field, limit) not in thresholds:
+                    thresholds[(field, limit)] = f"at_limit_{len(thresholds)}"
+                    aggregates[thresholds[(field, limit)]] = Count(
+                        "id", filter=Q(**{f"{BUDGET_FIELDS[field]}__gte": limit * _COUNTER_SCALE.get(field, 1)})
+                    )
+        counters = BudgetCounter.objects.filter(window=window, window_start=starts[window])
+        by_key = {}
+        if any(p.scope == Scope.FLEET for p, _ in budgeted):
+            # Without a join: the fleet's row sums this window's counters from the index alone.
+            by_key[None] = counters.aggregate(**aggregates)
+        scoped_groups = [p.group_id for p, _ in budgeted if p.scope == Scope.GROUP]
+        if scoped_groups:
+            # Only the scoped groups' devices are joined (from the (group, id) index), not the whole fleet.
+            grouped = counters.filter(device__group_id__in=scoped_groups).order_by().values("device__group_id")
+            for row in grouped.annotate(**aggregates):
+                by_key[row.pop("device__group_id")] = row
+        if device_ids:
+            for row in counters.filter(device_id__in=device_ids).order_by().values("device_id").annotate(**aggregates):
+                by_key[("device", row.pop("device_id"))] = row
+        totals[window] = {"rows": by_key, "thresholds": thresholds}
+
+    out = []
+    for policy in policies:
+        soft = float(policy.document.get("budget_soft_threshold", 0.8))
+        key = {Scope.FLEET: None, Scope.GROUP: policy.group_id}.get(policy.scope, ("device", policy.device_id))
+        device_count = devices_in.get(key, 0)
+        for window in BUDGET_WINDOWS:
+            window_limits = {f: v for f, v in limits[policy.pk][window].items() if f in BUDGET_FIELDS}
+            if not window_limits or window not in totals:
+                continue
+            rows_by_key, thresholds = totals[window]["rows"], totals[window]["thresholds"]
+            rows = [rows_by_key[key]] if key in rows_by_key else []
+            fields = []
+            for field, limit in window_limits.items():
+                scale = _COUNTER_SCALE.get(field, 1)
+                used = sum(r[f"{field}_used"] or 0 for r in rows) / scale
+                at_limit = sum(r[thresholds[(field, limit)]] for r in rows)
+                budget = limit * device_count
+                share = used / budget if budget else (1.0 if used else 0.0)
+                fields.append(
+                    {
+                        "field": field,
+                        "used": used,
+                        "limit_per_device": limit,
+                        "budget": budget,
+                        "percent": round(100 * share, 1),
+                        "bar_percent": round(min(100.0, 100 * share), 1),
+                        "level": "over" if share >= 1 else "warn" if share >= soft else "ok",
+                        "at_limit": at_limit,
+                    }
+                )
+            out.append(
+                {
+                    "scope": policy.label,
+                    "window": window,
+                    "window_start": starts[window],
+                    "devices": device_count,
+                    "fields": fields,
+                }
+            )
+    return out

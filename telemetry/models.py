@@ -157,6 +157,45 @@ class DevicePresence(models.Model):
         return f"{self.device_id} {'online' if self.online else 'offline'} #{self.status_seq}"
 
 
+class PresenceCause(models.TextChoices):
+    CONNECT = "connect", "Connected"
+    DISCONNECT = "disconnect", "Disconnected cleanly"
+    WILL = "will", "Connection lost (last will)"
+
+
+class PresenceEvent(models.Model):
+    """One applied presence change of a device: its history, next to ``DevicePresence`` (its present).
+
+    Written by the status sink only, in the same transaction and under the same presence row lock that
+    applies the message, so a redelivered or stale status (which changes nothing) records nothing and two
+    ingest workers cannot record the same transition twice.
+
+    ``at`` is when the change happened: the device's ``ts`` for what it published itself (``online``, a
+    clean ``offline``), but the arrival time for its last will, whose body (and ``ts``) the agent built
+    when it connected and the broker publishes only when it notices the connection is gone.
+    """
+
+    device_id = models.CharField(max_length=64)
+    seq = models.BigIntegerField()
+    online = models.BooleanField()
+    cause = models.CharField(max_length=16, choices=PresenceCause.choices)
+    at = models.DateTimeField()
+    received_at = models.DateTimeField()
+
+    class Meta:
+        indexes = [
+            # A device's page and GET /api/v1/devices/{id}/presence/ read its newest transitions.
+            models.Index(fields=["device_id", "-at"], name="presence_device_at_idx"),
+            # Retention deletes by age across devices.
+            models.Index(fields=["at"], name="presence_at_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return (
+            f"{self.device_id} {'online' if self.online else 'offline'} ({self.cause}) at {self.at:%Y-%m-%d %H:%M:%S}"
+        )
+
+
 class DeadLetter(models.Model):
     """A message the worker could not store, kept verbatim with the reason (never silently dropped)."""
 

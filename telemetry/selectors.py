@@ -4,7 +4,7 @@ import datetime as dt
 from collections import defaultdict
 
 from telemetry import histogram
-from telemetry.models import DeadLetter, Heartbeat, InferenceRecord, InferenceRollup, IngestCounter
+from telemetry.models import DeadLetter, Heartbeat, InferenceRecord, InferenceRollup, IngestCounter, PresenceEvent
 
 
 def device_records(*, device_id: str, since: dt.datetime | None, until: dt.datetime | None, limit: int):
@@ -23,6 +23,11 @@ def device_heartbeats(*, device_id: str, since: dt.datetime | None, until: dt.da
     if until:
         rows = rows.filter(ts__lt=until)
     return list(rows.order_by("-ts", "-seq")[:limit])
+
+
+def device_presence_history(*, device_id: str, limit: int = 20) -> list:
+    """A device's newest presence transitions, newest first (an index range scan on (device_id, -at))."""
+    return list(PresenceEvent.objects.filter(device_id=device_id).order_by("-at", "-seq")[:limit])
 
 
 def model_version_aggregates(

@@ -11,7 +11,15 @@ from django.utils import timezone
 
 from devices.models import Device
 from telemetry import histogram, partitions
-from telemetry.models import DeadLetter, Heartbeat, InferenceRecord, InferenceRollup, IngestCounter, RollupDirtyMinute
+from telemetry.models import (
+    DeadLetter,
+    Heartbeat,
+    InferenceRecord,
+    InferenceRollup,
+    IngestCounter,
+    PresenceEvent,
+    RollupDirtyMinute,
+)
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +213,7 @@ def rollups_update(*, limit: int = 20_000) -> int:
 
 
 def retention_apply(*, now: dt.datetime | None = None) -> dict[str, int]:
-    """Drop raw partitions past the raw retention and delete old rollups and dead letters."""
+    """Drop raw partitions past the raw retention and delete old rollups, dead letters and presence history."""
     now = now or timezone.now()
     raw_cutoff = now - dt.timedelta(days=settings.TELEMETRY_RAW_RETENTION_DAYS)
     done = {"partitions_dropped": len(partitions.drop_partitions_before(cutoff=raw_cutoff.date()))}
@@ -217,6 +225,8 @@ def retention_apply(*, now: dt.datetime | None = None) -> dict[str, int]:
     done["rollups_deleted"] = InferenceRollup.objects.filter(bucket__lt=rollup_cutoff).delete()[0]
     dead_cutoff = now - dt.timedelta(days=settings.TELEMETRY_DEAD_LETTER_RETENTION_DAYS)
     done["dead_letters_deleted"] = DeadLetter.objects.filter(received_at__lt=dead_cutoff).delete()[0]
+    presence_cutoff = now - dt.timedelta(days=settings.TELEMETRY_PRESENCE_RETENTION_DAYS)
+    done["presence_events_deleted"] = PresenceEvent.objects.filter(at__lt=presence_cutoff).delete()[0]
     return done
 
 

@@ -15,7 +15,13 @@ from fleet_agent import schemas
 from ota.ingest import store_ota_status
 from policies.ingest import store_llm_usage
 from telemetry.ingest_contract import DeviceMessage, Rejection, Sink, count_rows_written
-from telemetry.models import HEARTBEAT_COLUMNS, INFERENCE_RECORD_COLUMNS, DevicePresence
+from telemetry.models import (
+    HEARTBEAT_COLUMNS,
+    INFERENCE_RECORD_COLUMNS,
+    DevicePresence,
+    PresenceCause,
+    PresenceEvent,
+)
 
 
 def insert_ignoring_conflicts(table: str, columns: list[str], rows: list[tuple]) -> int:
@@ -137,21 +143,25 @@ def store_heartbeats(messages: list[DeviceMessage]) -> list[Rejection]:
     return rejections
 
 
-def apply_status(presence: DevicePresence, *, seq: int, online: bool, ts: dt.datetime) -> DevicePresence:
-    """The presence after one status message (the caller saves it; status_seq 0 means none yet).
+def apply_status(presence: DevicePresence, *, seq: int, online: bool, ts: dt.datetime) -> str | None:
+    """Apply one status message to the presence (the caller saves it; status_seq 0 means none yet) and
+    return the transition's cause (``PresenceCause``), or None when the message changes nothing.
 
     Order is the device's seq, not arrival: a newer seq wins. One exception makes the last will work:
     the agent reserves its will's seq when it connects, just before publishing ``online`` with a higher
     seq, so the will (``offline``) arrives after that ``online`` with a lower seq. An ``offline`` whose
     seq lies between the status before the current ``online`` and that ``online`` is this connection's
     will: it applies, and the current seq stays, so a redelivered copy of the ``online`` stays stale.
+    A newer ``offline`` is the agent's own goodbye (a clean disconnect).
     """
     if seq > presence.status_seq:
         presence.before_seq = presence.status_seq
         presence.status_seq, presence.online, presence.status_ts = seq, online, ts
-    elif not online and presence.online and presence.before_seq < seq < presence.status_seq:
+        return PresenceCause.CONNECT if online else PresenceCause.DISCONNECT
+    if not online and presence.online and presence.before_seq < seq < presence.status_seq:
         presence.online = False
-    return presence
+        return PresenceCause.WILL
+    return None  # stale or a redelivery
 
 
 def store_status(messages: list[DeviceMessage]) -> list[Rejection]:
@@ -162,23 +172,38 @@ def store_status(messages: list[DeviceMessage]) -> list[Rejection]:
         except schemas.SchemaError as exc:
             rejections.append(Rejection(message=message, reason=exc.reason, detail=exc.detail))
             continue
-        by_device[message.device_id].append((message.seq, state == "online", message.ts))
+        by_device[message.device_id].append((message.seq, state == "online", message.ts, message.received_at))
     if not by_device:
         return rejections
     # Two workers may hold status messages of the same device (shared subscription): the presence row is
     # created if missing (a conflict means another worker made it), then read and written under its row
-    # lock, taken in device-id order so that two batches cannot deadlock.
+    # lock, taken in device-id order so that two batches cannot deadlock. The history is written under the
+    # same lock, so each transition is recorded once.
     epoch = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
     DevicePresence.objects.bulk_create(
         [DevicePresence(device_id=d, status_seq=0, online=False, status_ts=epoch) for d in sorted(by_device)],
         ignore_conflicts=True,
     )
     locked = DevicePresence.objects.select_for_update().filter(device_id__in=by_device).order_by("device_id")
+    history = []
     for presence in locked:
-        for seq, online, ts in sorted(by_device[presence.device_id]):
-            apply_status(presence, seq=seq, online=online, ts=ts)
+        for seq, online, ts, received_at in sorted(by_device[presence.device_id]):
+            cause = apply_status(presence, seq=seq, online=online, ts=ts)
+            if cause is not None:
+                history.append(
+                    PresenceEvent(
+                        device_id=presence.device_id,
+                        seq=seq,
+                        online=online,
+                        cause=cause,
+                        # The will's ts is from when the agent connected; the broker sends it on the loss.
+                        at=received_at if cause == PresenceCause.WILL else ts,
+                        received_at=received_at,
+                    )
+                )
         presence.save(update_fields=["status_seq", "before_seq", "online", "status_ts"])
         Device.objects.filter(pk=presence.device_id).exclude(online=presence.online).update(online=presence.online)
+    PresenceEvent.objects.bulk_create(history)
     return rejections
 
 

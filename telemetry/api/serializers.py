@@ -2,7 +2,14 @@ import base64
 
 from rest_framework import serializers
 
-from telemetry.models import HEARTBEAT_COLUMNS, INFERENCE_RECORD_COLUMNS, DeadLetter, Heartbeat, InferenceRecord
+from telemetry.models import (
+    HEARTBEAT_COLUMNS,
+    INFERENCE_RECORD_COLUMNS,
+    DeadLetter,
+    Heartbeat,
+    InferenceRecord,
+    PresenceEvent,
+)
 
 
 class WindowQuerySerializer(serializers.Serializer):
@@ -33,6 +40,17 @@ class DeadLetterQuerySerializer(serializers.Serializer):
     reason = serializers.CharField(required=False, max_length=64)
     device = serializers.CharField(required=False, max_length=64)
     since = serializers.DateTimeField(required=False)
+
+
+class PresenceQuerySerializer(serializers.Serializer):
+    limit = serializers.IntegerField(required=False, min_value=1, max_value=1000, default=50)
+
+
+class PresenceEventSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = PresenceEvent
+        fields = ["at", "online", "cause", "seq", "received_at"]
+        read_only_fields = fields
 
 
 class InferenceRecordSerializer(serializers.ModelSerializer):

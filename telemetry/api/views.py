@@ -56,6 +56,18 @@ class DeviceHeartbeatsView(APIView):
         return Response({"results": s.HeartbeatSerializer(rows, many=True).data})
 
 
+class DevicePresenceView(APIView):
+    """A device's presence history: its newest connects and disconnects (newest first), with the cause
+    (connect, clean disconnect, or connection lost: the broker published its last will)."""
+
+    @extend_schema(parameters=[s.PresenceQuerySerializer], responses=s.PresenceEventSerializer(many=True))
+    def get(self, request, device_id: str):
+        _device_or_404(device_id)
+        q = _query(s.PresenceQuerySerializer, request)
+        rows = selectors.device_presence_history(device_id=device_id, limit=q["limit"])
+        return Response({"results": s.PresenceEventSerializer(rows, many=True).data})
+
+
 class ModelVersionAggregatesView(APIView):
     """Per model version over a window (default: the last hour), from the per-minute rollups."""
 

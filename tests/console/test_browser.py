@@ -183,6 +183,25 @@ def add_policies(*, group) -> None:
         celery_app.conf.task_always_eager = previous
 
 
+def add_cloud_usage(device_ids: list[str]) -> None:
+    """Cloud requests of the day through the gateway's budget reservation (what it does before forwarding)."""
+    from policies import selectors
+    from policies import services as policy_services
+
+    for n, device in enumerate(Device.objects.filter(pk__in=device_ids).order_by("pk")):
+        tokens = 300_000 + 30_000 * n  # under the 1,000,000 a day of PRIVACY_FIRST
+        policy_services.budget_reserve(
+            device=device,
+            document=selectors.effective_policy(device).document,
+            task="chat",
+            data_class="public",
+            model="small",
+            tokens=tokens,
+            cost_micros=tokens * 40,
+            at=timezone.now(),
+        )
+
+
 def start_a_rollout(hardware: list[str]) -> None:
     """The fleet's cameras on detector 1.4.0, and a rollout of 1.5.0 in its first stage."""
     from django.db import transaction
@@ -307,7 +326,15 @@ def test_viewer_finds_no_write_control_and_a_forged_post_is_refused(page_for, li
     make_device("cam-wait-1", token=make_token(auto_accept=False))
     page = page_for(Role.VIEWER)
 
-    for path in ("/", "/devices/", "/devices/cam-seen-1/", "/approvals/", "/enrollment-tokens/", "/groups/"):
+    for path in (
+        "/",
+        "/devices/",
+        "/devices/cam-seen-1/",
+        "/approvals/",
+        "/enrollment-tokens/",
+        "/groups/",
+        "/releases/",
+    ):
         page.goto(path)
         expect(page.locator("main")).to_be_visible()
         assert page.locator("main form[method=post]").count() == 0, path
@@ -323,6 +350,7 @@ def test_viewer_finds_no_write_control_and_a_forged_post_is_refused(page_for, li
         ("/devices/cam-seen-1/revoke/", {"confirmed": "yes"}),
         ("/devices/cam-wait-1/approve/", {}),
         ("/enrollment-tokens/", {"name": "sneaky", "max_uses": "1"}),
+        ("/releases/upload/", {"name": "sneaky", "version": "1", "runtime": "onnx", "hardware_classes": "rpi5"}),
     ):
         response = page.request.post(path, form=form, headers={"X-CSRFToken": csrf, "Referer": live_server.url})
         assert response.status == 403, path
@@ -350,10 +378,12 @@ def test_device_list_pages_through_a_larger_fleet_with_next_and_previous(page_fo
     add_inference_history("cam-001")
     add_heartbeats_and_dead_letters("cam-001")
     add_policies(group=sites[1])
+    add_cloud_usage([f"cam-{n:03d}" for n in range(0, 60, 3)])
     start_a_rollout(hardware)
 
     page = page_for(Role.OPERATOR)
     expect(page.locator('[data-counter="pending"]')).to_have_text("3")
+    expect(page.locator('[data-budget="fleet:day:tokens"] .usage-bar')).to_be_visible()
     screenshot(page, "dashboard-fleet")
 
     page.click("nav >> text=Devices")
@@ -448,9 +478,29 @@ def test_operator_previews_starts_watches_pauses_and_rolls_back_a_rollout(page_f
                 ),
                 received_at=now,
             )
-    rollouts.rollout_evaluate(rollout=rollout, now=now)
+    # Their inferences: the cohort on 2.0.0 errs once in 100, the control on 1.0.0 never (under the 2 % gate).
+    rollout.refresh_from_db()
+    cohort = set(rollout.devices.filter(stage=0).values_list("device_id", flat=True))
+    InferenceRollup.objects.bulk_create(
+        InferenceRollup(
+            bucket=rollout.stage_started_at,
+            device_id=f"cam-{n:03d}",
+            model_name="detector",
+            model_version="2.0.0" if f"cam-{n:03d}" in cohort else "1.0.0",
+            count=100,
+            error_count=1 if f"cam-{n:03d}" in cohort else 0,
+        )
+        for n in range(200)
+    )
+    for minutes in (1, 2, 3):
+        rollouts.rollout_evaluate(rollout=rollout, now=now + dt.timedelta(minutes=minutes))
     expect(page.locator('tr[data-stage="0"] [data-state="succeeded"]')).to_be_visible(timeout=10_000)
     expect(page.locator('tr[data-gate="error_rate"]')).to_be_visible(timeout=10_000)
+    # Each gate's value against its threshold, and the cohort against the control, drawn from the evaluations.
+    expect(page.locator('[data-gate-chart="error_rate"] canvas')).to_have_count(1, timeout=10_000)
+    expect(page.locator('[data-compare-chart="error_rate"] canvas')).to_have_count(1)
+    expect(page.locator('[data-compare-chart="error_rate"] .u-legend')).to_contain_text("control")
+    page.locator("#gate-charts").scroll_into_view_if_needed()
     screenshot(page, "rollout")
 
     page.click("a:has-text('Advance now…')")
@@ -497,3 +547,126 @@ def test_operator_edits_a_policy_sees_a_validation_error_then_saves(page_for, mo
         expect(page.locator("h1 .badge")).to_have_text("version 2")
     finally:
         celery_app.conf.task_always_eager = previous
+
+
+def test_operator_uploads_a_model_with_a_progress_bar_and_sees_the_signed_release(page_for, update_repository):
+    import hashlib
+
+    from ota.models import Artifact
+
+    model = bytes(range(256)) * 16 * 1024  # 4 MiB: the browser reports upload progress on the way
+    page = page_for(Role.OPERATOR)
+    page.click("nav >> text=Releases")
+    form = page.locator("form[data-upload]")
+    form.locator("input[type=file]").set_input_files(
+        {"name": "detector.onnx", "mimeType": "application/octet-stream", "buffer": model}
+    )
+    form.locator("input[name=name]").fill("detector")
+    form.locator("input[name=version]").fill("3.0.0")
+    form.locator("input[name=runtime]").fill("onnxruntime")
+    form.locator("input[name=hardware_classes]").fill("jetson-orin rpi5")
+    page.click("button:has-text('Upload and sign')")
+
+    expect(page.locator("[data-upload-progress]")).to_have_attribute("data-done", "ok", timeout=30_000)
+    assert page.locator("[data-upload-progress] progress").evaluate("el => el.value") == 100
+    expect(page.locator("[data-upload-percent]")).to_have_text("100 %")
+    sha256 = hashlib.sha256(model).hexdigest()
+    expect(page.locator("[data-uploaded-release] >> nth=0")).to_contain_text("detector@3.0.0")
+    expect(page.locator('[data-upload-result] [data-field="sha256"]')).to_have_text(sha256)
+    expect(page.locator('[data-upload-result] [data-field="signature"]')).not_to_be_empty()
+    artifact = Artifact.objects.get()
+    assert (artifact.sha256, artifact.length) == (sha256, len(model))
+    # The list below refreshes itself and shows the new release.
+    expect(page.locator(f'tr[data-release="{artifact.pk}"]')).to_contain_text("detector")
+    screenshot(page, "release-upload")
+
+    # The same version again: the service's refusal, shown by the field.
+    form.locator("input[type=file]").set_input_files(
+        {"name": "detector.onnx", "mimeType": "application/octet-stream", "buffer": b"other weights"}
+    )
+    form.locator("input[name=name]").fill("detector")
+    form.locator("input[name=version]").fill("3.0.0")
+    form.locator("input[name=runtime]").fill("onnxruntime")
+    form.locator("input[name=hardware_classes]").fill("rpi5")
+    page.click("button:has-text('Upload and sign')")
+    expect(page.locator('[data-upload-result] [data-error-field="version"]')).to_contain_text("exists already")
+    assert Artifact.objects.count() == 1
+
+
+def test_device_page_lists_presence_transitions_as_the_device_connects_and_drops(page_for, monkeypatch):
+    import json
+
+    from fleet_agent import schemas
+    from telemetry.ingest import InboundMessage, ingest_batch
+    from tests.factories import make_device
+
+    monkeypatch.setattr("devices.views.DEVICE_POLL_SECONDS", 1)
+    make_device("cam-presence")
+    page = page_for(Role.VIEWER)
+    page.goto("/devices/cam-presence/")
+    expect(page.locator("#presence-history")).to_contain_text("No connect or disconnect recorded yet")
+
+    def status(seq: int, state: str) -> None:
+        """A status message through the ingest worker's batch step, as the broker delivers it."""
+        body = schemas.status_message(seq=seq, state=state)
+        ingest_batch([InboundMessage("devices/cam-presence/status", json.dumps(body).encode(), timezone.now())])
+
+    status(2, "online")  # connects (its will reserved seq 1)
+    expect(page.locator('#presence-history tr[data-presence="connect"]')).to_have_count(1, timeout=10_000)
+    expect(page.locator('[data-field="presence"]')).to_contain_text("online")
+    status(5, "offline")  # says goodbye
+    status(7, "online")  # reconnects (will: seq 6)
+    status(6, "offline")  # and drops: the broker publishes its will
+    expect(page.locator('#presence-history tr[data-presence="will"]')).to_have_count(1, timeout=10_000)
+    rows = page.locator("#presence-history tbody tr")
+    expect(rows).to_have_count(4)
+    expect(rows.nth(0)).to_contain_text("Connection lost (last will)")
+    expect(rows.nth(1)).to_contain_text("Connected")
+    expect(rows.nth(2)).to_contain_text("Disconnected cleanly")
+    expect(page.locator('[data-field="presence"]')).to_contain_text("offline")
+    page.locator("#device-presence").screenshot(path=str(SCREENSHOTS / "device-presence.png"))
+
+
+def test_dashboard_shows_cloud_usage_against_budgets_and_follows_it_live(page_for, monkeypatch):
+    from fleet.celery import app as celery_app
+    from policies import selectors
+    from policies import services as policy_services
+    from tests.factories import make_device
+    from tests.policies.conftest import PRIVACY_FIRST, SYSTEM
+
+    monkeypatch.setattr("fleet.views.DASHBOARD_POLL_SECONDS", 1)
+    monkeypatch.setattr("fleet.mqtt.publish_retained", lambda messages: None)
+    devices = [make_device(f"cam-llm-{n}")[0].device for n in range(4)]
+    previous = celery_app.conf.task_always_eager
+    celery_app.conf.task_always_eager = True  # publishing the policy runs in process
+    try:
+        policy_services.policy_create(
+            actor=SYSTEM, scope="fleet", document=dict(PRIVACY_FIRST, budgets={"day": {"tokens": 10_000, "cost": 2.0}})
+        )
+    finally:
+        celery_app.conf.task_always_eager = previous
+
+    def spend(device, tokens: int) -> None:
+        """What the gateway reserves before forwarding a request."""
+        policy_services.budget_reserve(
+            device=device,
+            document=selectors.effective_policy(device).document,
+            task="chat",
+            data_class="public",
+            model="small",
+            tokens=tokens,
+            cost_micros=tokens * 100,
+            at=timezone.now(),
+        )
+
+    spend(devices[0], 6_000)
+    page = page_for(Role.VIEWER)
+    tokens = page.locator('[data-budget="fleet:day:tokens"]')
+    expect(tokens.locator("[data-budget-percent]")).to_have_text("15.0 %")  # 6,000 of 4 x 10,000
+    expect(tokens.locator(".usage-bar")).to_have_attribute("aria-valuenow", "15.0")
+    page.evaluate("window.__notReloaded = true")
+    spend(devices[1], 10_000)  # this one uses its whole day
+    expect(tokens.locator("[data-budget-percent]")).to_have_text("40.0 %", timeout=10_000)
+    expect(tokens.locator("td.num")).to_have_text("1")  # devices at their limit
+    assert page.evaluate("window.__notReloaded") is True
+    page.locator("#cloud-budgets").screenshot(path=str(SCREENSHOTS / "dashboard-budgets.png"))

@@ -2,6 +2,7 @@
 device with each field's scope, usage and denials by reason, and the viewer who can change nothing."""
 
 import json
+import re
 
 import pytest
 from django.utils import timezone
@@ -103,3 +104,51 @@ def test_viewer_can_read_a_policy_but_not_change_it(viewer_client):
     assert viewer_client.post("/policies/new/", {"scope": "fleet", "document": "{}"}).status_code == 403
     policy.refresh_from_db()
     assert policy.version == 1
+
+
+def test_dashboard_shows_cloud_usage_against_each_scopes_budget_and_polls_it(viewer_client):
+    from policies import selectors
+
+    clinic = device_services.group_create(actor=SYSTEM, name="clinic")
+    in_clinic = make_device("cam-clinic", token=make_token(group=clinic))[0].device
+    elsewhere = make_device("cam-lobby")[0].device
+    services.policy_create(
+        actor=SYSTEM, scope="fleet", document=dict(PRIVACY_FIRST, budgets={"day": {"tokens": 1000, "cost": 1.0}})
+    )
+    services.policy_create(actor=SYSTEM, scope="group", group=clinic, document={"budgets": {"day": {"tokens": 500}}})
+    services.policy_create(
+        actor=SYSTEM, scope="device", device=elsewhere, document={"budgets": {"month": {"requests": 4}}}
+    )
+    now = timezone.now()
+    # What the gateway does before forwarding a request: reserve in every window of the device's policy.
+    for device, tokens in ((in_clinic, 500), (elsewhere, 300)):
+        services.budget_reserve(
+            device=device,
+            document=selectors.effective_policy(device).document,
+            task="chat",
+            data_class="public",
+            model="small",
+            tokens=tokens,
+            cost_micros=100_000,
+            at=now,
+        )
+
+    page = html(viewer_client.get("/"))
+    assert 'id="cloud-budgets"' in page
+    fleet_tokens = re.search(r'data-budget="fleet:day:tokens">(.*?)</tr>', page, re.S)[1]
+    assert "40.0 %" in fleet_tokens and "800 of 2,000" in fleet_tokens  # 2 devices x 1000
+    fleet_cost = re.search(r'data-budget="fleet:day:cost">(.*?)</tr>', page, re.S)[1]
+    assert "10.0 %" in fleet_cost and "0.20 of 2.00" in fleet_cost
+    clinic_tokens = re.search(r'data-budget="group:clinic:day:tokens">(.*?)</tr>', page, re.S)[1]
+    assert "100.0 %" in clinic_tokens and "usage-bar over" in clinic_tokens
+    assert clinic_tokens.strip().endswith('<td class="num">1</td>')  # one device has used its whole limit
+    lobby_requests = re.search(r'data-budget="device:cam-lobby:month:requests">(.*?)</tr>', page, re.S)[1]
+    assert "25.0 %" in lobby_requests and "1 of 4" in lobby_requests
+    assert page.index('data-budget="fleet:day:tokens"') < page.index('data-budget="group:clinic:day:tokens"')
+    assert page.index('data-budget="group:clinic:day:tokens"') < page.index('data-budget="device:cam-lobby')
+    # The card is in the fragment the dashboard polls, so it follows usage without a reload.
+    assert 'data-budget="fleet:day:tokens"' in html(viewer_client.get("/", HTTP_HX_REQUEST="true"))
+
+
+def test_dashboard_without_budgets_says_where_to_set_them(viewer_client):
+    assert "No policy sets a budget" in html(viewer_client.get("/"))

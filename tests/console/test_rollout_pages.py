@@ -220,3 +220,56 @@ def test_device_page_shows_desired_release_rollout_state_and_update_history(view
     assert "<code>detector@2.0.0</code>" in page
     assert 'data-update="2"' in page and "hash_mismatch" in page
     assert "Failed" in page
+
+
+def test_rollout_page_charts_each_gate_against_its_threshold_and_the_cohort_against_control(viewer_client, fleet):
+    import datetime as dt
+    import json
+
+    from telemetry.models import InferenceRollup
+
+    rollout = rollouts.rollout_create(
+        actor=SYSTEM,
+        name="charted",
+        artifact=fleet,
+        selector={},
+        stages=[
+            # Passing but soaking: the rollout stays in its first stage and each tick adds a point.
+            {"share": 0.5, "soak_seconds": 3600, "gates": {"error_rate": {"threshold": 0.1, "min_samples": 5}}},
+            {"share": 1.0, "soak_seconds": 0},
+        ],
+    )
+    rollouts.rollout_start(actor=SYSTEM, rollout=rollout)
+    rollout.refresh_from_db()
+    minute = (rollout.stage_started_at + dt.timedelta(minutes=1)).replace(second=0, microsecond=0)
+    cohort = set(rollout.devices.filter(stage=0).values_list("device_id", flat=True))
+    # The cohort on the new release errs on 3 of 50 inferences; the control, on the old one, never.
+    InferenceRollup.objects.bulk_create(
+        InferenceRollup(
+            bucket=minute,
+            device_id=device_id,
+            model_name="detector",
+            model_version="2.0.0" if device_id in cohort else "1.0.0",
+            count=50,
+            error_count=3 if device_id in cohort else 0,
+        )
+        for device_id in Device.objects.values_list("id", flat=True)
+    )
+    for later in (2, 3):
+        rollouts.rollout_evaluate(rollout=rollout, now=rollout.stage_started_at + dt.timedelta(minutes=later))
+
+    page = html(viewer_client.get(f"/rollouts/{rollout.pk}/"))
+    assert 'data-gate-chart="error_rate"' in page and 'data-compare-chart="error_rate"' in page
+    assert "uPlot.iife.min.js" in page
+    charts = json.loads(
+        re.search(r'<script id="gate-charts-data" type="application/json">(.*?)</script>', page, re.S)[1]
+    )
+    assert charts["points"] == 2
+    gate = charts["gates"]["error_rate"]
+    assert gate["threshold"] == [0.1, 0.1]
+    assert gate["t"][1] - gate["t"][0] == 60  # drawn at each evaluation's own time, a minute apart
+    assert gate["value"] == pytest.approx([0.06, 0.06])  # 6 % in the cohort - 0 % in the control
+    assert charts["compare"]["error_rate"]["cohort"] == [6.0, 6.0]
+    assert charts["compare"]["error_rate"]["control"] == [0.0, 0.0]
+    # The polled fragment carries the charts too, so they follow new evaluations without a reload.
+    assert 'data-gate-chart="error_rate"' in html(viewer_client.get(f"/rollouts/{rollout.pk}/", **HTMX))

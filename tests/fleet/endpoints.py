@@ -58,6 +58,7 @@ OTHER_READS = [
     ("get", "/api/v1/telemetry/counters/", None),
     ("get", "/api/v1/telemetry/dead-letters/", None),
     ("get", "/api/v1/telemetry/devices/cam-0001/heartbeats/", None),
+    ("get", "/api/v1/devices/cam-0001/presence/", None),
     ("get", "/api/v1/telemetry/devices/cam-0001/records/", None),
     ("get", "/api/v1/telemetry/model-versions/", None),
 ]

@@ -37,8 +37,17 @@
     errors: { series: [["error_rate", "#c0392b"]], unit: " %" },
     resources: { series: [["cpu", "#2458d6"], ["mem", "#8e44ad"], ["disk", "#b9770e"]], unit: " %" },
     temperature: { series: [["temp", "#c0392b"]], unit: " °C" },
-    buffer: { series: [["buffer_depth", "#2458d6"], ["dropped", "#c0392b"]], unit: "" }
+    buffer: { series: [["buffer_depth", "#2458d6"], ["dropped", "#c0392b"]], unit: "" },
+    // A rollout's gate evaluations: a gate's value against its (dashed) threshold; cohort against control.
+    gate: { series: [["value", "#2458d6"], ["threshold", "#c0392b", [6, 4]]], unit: "", points: true },
+    compare: { series: [["cohort", "#2458d6"], ["control", "#7f8c8d"]], unit: null, points: true }
   };
+
+  // data-key="a.b" picks a part of the json_script block (one block can feed several charts).
+  function pick(data, key) {
+    if (!key) { return data; }
+    return key.split(".").reduce(function (part, name) { return part ? part[name] : undefined; }, data);
+  }
 
   function initCharts(root) {
     if (typeof uPlot === "undefined") { return; }
@@ -47,12 +56,15 @@
       var source = document.getElementById(el.dataset.source);
       var spec = CHARTS[el.dataset.chart];
       if (!source || !spec) { return; }
-      var data = JSON.parse(source.textContent);
+      var data = pick(JSON.parse(source.textContent), el.dataset.key);
+      if (!data || !data.t) { return; }
+      var unit = spec.unit === null ? (data.unit || "") : spec.unit;
       var series = [{}];
       var columns = [data.t];
       spec.series.forEach(function (s) {
-        series.push({ label: s[0], stroke: s[1], width: 1.5, spanGaps: false,
-                      value: function (u, v) { return v == null ? "—" : v + spec.unit; } });
+        series.push({ label: s[0], stroke: s[1], width: 1.5, spanGaps: false, dash: s[2],
+                      points: { show: !!spec.points },
+                      value: function (u, v) { return v == null ? "—" : v + unit; } });
         columns.push(data[s[0]]);
       });
       var width = Math.max(260, el.clientWidth || 360);

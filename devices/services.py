@@ -17,6 +17,7 @@ from devices.tasks import crl_refresh
 from fleet.errors import ApiError
 from fleet.services import Actor, audit_record
 from fleet_agent.protocol import is_valid_device_id
+from telemetry import services as telemetry_services
 
 TOKEN_PREFIX = "fet_"  # noqa: S105 - a public prefix, not a secret (fleet enrollment token)
 DEVICE_TOKEN_PREFIX = "fdt_"  # noqa: S105 - a public prefix (fleet device token)
@@ -347,6 +348,7 @@ def device_approve(*, actor: Actor, device: Device) -> Device:
 def device_revoke(*, actor: Actor, device: Device, reason: str = "") -> Device:
     """Revoke a device: its certificates go on the revocation list and its HTTP credential stops working."""
     with transaction.atomic():
+        presence = telemetry_services.presence_lock(device_id=device.pk)  # before the device row: see there
         device = Device.objects.select_for_update().get(pk=device.pk)
         if device.status == DeviceStatus.REVOKED:
             return device
@@ -355,6 +357,7 @@ def device_revoke(*, actor: Actor, device: Device, reason: str = "") -> Device:
         device.status = DeviceStatus.REVOKED
         device.online = False
         device.save(update_fields=["status", "online"])
+        telemetry_services.presence_revoke(presence, at=now)
         revoked_serials = list(device.certificates.filter(revoked_at__isnull=True).values_list("serial", flat=True))
         device.certificates.filter(revoked_at__isnull=True).update(revoked_at=now)
         audit_record(

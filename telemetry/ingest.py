@@ -64,6 +64,11 @@ def _dead_letter(message: InboundMessage, device_id: str | None, reason: str, de
     )
 
 
+def _device_dead_letter(msg: DeviceMessage, reason: str, detail: str = "") -> DeadLetter:
+    inbound = InboundMessage(topic=f"devices/{msg.device_id}/{msg.leaf}", payload=msg.raw, received_at=msg.received_at)
+    return _dead_letter(inbound, msg.device_id, reason, detail)
+
+
 def ingest_batch(
     messages: list[InboundMessage], *, sinks: dict[str, Sink] | None = None, extra_counters: dict | None = None
 ) -> BatchResult:
@@ -104,21 +109,17 @@ def ingest_batch(
 
     take_rows_written()  # drop leftovers of a batch that failed before it could count
     with transaction.atomic():
+        # A revoked device keeps an open connection until it drops (the broker checks the revocation list
+        # at the TLS handshake only): nothing it sends after its revocation is stored.
+        revoked = services.devices_revoked(device_ids={m.device_id for msgs in by_leaf.values() for m in msgs})
         for leaf, leaf_messages in by_leaf.items():
-            rejections = _run_sink(sinks[leaf], leaf, leaf_messages)
+            if revoked:
+                dead += [_device_dead_letter(m, "device_revoked") for m in leaf_messages if m.device_id in revoked]
+                leaf_messages = [m for m in leaf_messages if m.device_id not in revoked]
+            rejections = _run_sink(sinks[leaf], leaf, leaf_messages) if leaf_messages else []
             rejected = {id(r.message) for r in rejections}
             for rejection in rejections:
-                msg = rejection.message
-                dead.append(
-                    _dead_letter(
-                        InboundMessage(
-                            topic=f"devices/{msg.device_id}/{msg.leaf}", payload=msg.raw, received_at=msg.received_at
-                        ),
-                        msg.device_id,
-                        rejection.reason,
-                        rejection.detail,
-                    )
-                )
+                dead.append(_device_dead_letter(rejection.message, rejection.reason, rejection.detail))
             for msg in leaf_messages:
                 if id(msg) not in rejected:
                     result.accepted += 1

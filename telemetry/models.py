@@ -161,14 +161,16 @@ class PresenceCause(models.TextChoices):
     CONNECT = "connect", "Connected"
     DISCONNECT = "disconnect", "Disconnected cleanly"
     WILL = "will", "Connection lost (last will)"
+    REVOKED = "revoked", "Revoked by an operator"
 
 
 class PresenceEvent(models.Model):
     """One applied presence change of a device: its history, next to ``DevicePresence`` (its present).
 
-    Written by the status sink only, in the same transaction and under the same presence row lock that
-    applies the message, so a redelivered or stale status (which changes nothing) records nothing and two
-    ingest workers cannot record the same transition twice.
+    Written by the status sink, in the same transaction and under the same presence row lock that applies
+    the message, so a redelivered or stale status (which changes nothing) records nothing and two ingest
+    workers cannot record the same transition twice; and by ``presence_revoke`` when an operator revokes
+    a device that was online (nothing the device sends afterwards is stored).
 
     ``at`` is when the change happened: the device's ``ts`` for what it published itself (``online``, a
     clean ``offline``), but the arrival time for its last will, whose body (and ``ts``) the agent built

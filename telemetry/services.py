@@ -9,14 +9,16 @@ from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from devices.models import Device
+from devices.models import Device, DeviceStatus
 from telemetry import histogram, partitions
 from telemetry.models import (
     DeadLetter,
+    DevicePresence,
     Heartbeat,
     InferenceRecord,
     InferenceRollup,
     IngestCounter,
+    PresenceCause,
     PresenceEvent,
     RollupDirtyMinute,
 )
@@ -82,6 +84,45 @@ def devices_mark_seen(*, device_ids: set[str], at: dt.datetime) -> int:
             .filter(Q(last_seen_at__isnull=True) | Q(last_seen_at__lt=at - LAST_SEEN_RESOLUTION))
             .update(last_seen_at=at)
         )
+
+
+# --- presence --------------------------------------------------------------------------------------
+
+
+def devices_revoked(*, device_ids: set[str]) -> set[str]:
+    """The ones among ``device_ids`` that an operator revoked (one primary-key lookup per batch)."""
+    if not device_ids:
+        return set()
+    return set(Device.objects.filter(pk__in=device_ids, status=DeviceStatus.REVOKED).values_list("pk", flat=True))
+
+
+def presence_lock(*, device_id: str) -> DevicePresence | None:
+    """Lock a device's presence row (None if it never sent a status) inside the caller's transaction.
+
+    The status sink locks presence rows before it updates device rows; a writer that needs both must
+    take them in that order too, or the two can deadlock.
+    """
+    return DevicePresence.objects.select_for_update().filter(pk=device_id).first()
+
+
+def presence_revoke(presence: DevicePresence | None, *, at: dt.datetime) -> None:
+    """Take a device that is being revoked offline in its presence and record why in its history.
+
+    Its connection may stay open until it drops (the broker checks the revocation list only at the TLS
+    handshake), but ingest stores nothing from a revoked device, so no status of its own will ever say so.
+    """
+    if presence is None or not presence.online:
+        return
+    presence.online = False
+    presence.save(update_fields=["online"])
+    PresenceEvent.objects.create(
+        device_id=presence.device_id,
+        seq=presence.status_seq,
+        online=False,
+        cause=PresenceCause.REVOKED,
+        at=at,
+        received_at=at,
+    )
 
 
 # --- rollups ---------------------------------------------------------------------------------------

@@ -7,10 +7,13 @@ import json
 import pytest
 from django.utils import timezone
 
+from devices import services as device_services
+from devices.models import Device
+from fleet.services import Actor
 from fleet_agent import schemas
 from telemetry import services
 from telemetry.ingest import InboundMessage, ingest_batch
-from telemetry.models import PresenceEvent
+from telemetry.models import DeadLetter, DevicePresence, InferenceRecord, PresenceEvent
 from tests.factories import make_device
 
 pytestmark = pytest.mark.django_db
@@ -88,3 +91,63 @@ def test_presence_history_of_unknown_device_is_404_and_bad_limit_is_400(viewer_a
     bad = viewer_api.get("/api/v1/devices/cam-lim/presence/?limit=0")
     assert bad.status_code == 400
     assert "limit" in bad.json()["error"]["fields"]
+
+
+def revoke(device_id: str) -> None:
+    device_services.device_revoke(actor=Actor.system("tests"), device=Device.objects.get(pk=device_id), reason="stolen")
+
+
+def telemetry(device_id: str, seq: int) -> InboundMessage:
+    rec = schemas.inference_record(task="detect", model="m", model_version="1.0.0", latency_ms=5.0, confidence=0.9)
+    body = schemas.telemetry_message(seq=seq, records=[rec])
+    return InboundMessage(
+        topic=f"devices/{device_id}/telemetry", payload=json.dumps(body).encode(), received_at=timezone.now()
+    )
+
+
+def test_revoking_an_online_device_takes_it_offline_with_a_revoked_entry():
+    make_device("cam-rev")
+    ingest_batch([status("cam-rev", 2, "online", ts=T0)])
+    revoke("cam-rev")
+    assert history("cam-rev") == [(True, "connect", 2), (False, "revoked", 2)]
+    assert DevicePresence.objects.get(pk="cam-rev").online is False
+    assert Device.objects.get(pk="cam-rev").online is False
+    revoke("cam-rev")  # already revoked: nothing more
+    assert len(history("cam-rev")) == 2
+
+
+def test_revoking_an_offline_device_records_nothing():
+    make_device("cam-rev-off")
+    ingest_batch([status("cam-rev-off", 2, "online", ts=T0)])
+    ingest_batch([status("cam-rev-off", 3, "offline", ts=T0 + dt.timedelta(minutes=1))])
+    revoke("cam-rev-off")
+    make_device("cam-never")
+    revoke("cam-never")  # never sent a status
+    assert history("cam-rev-off") == [(True, "connect", 2), (False, "disconnect", 3)]
+    assert history("cam-never") == []
+
+
+def test_nothing_a_revoked_device_still_sends_is_stored_and_its_batch_neighbours_are():
+    make_device("cam-gone")
+    make_device("cam-kept")
+    ingest_batch([status("cam-gone", 2, "online", ts=T0)])
+    revoke("cam-gone")
+    result = ingest_batch(
+        [
+            telemetry("cam-gone", 3),
+            status("cam-gone", 4, "online", ts=T0 + dt.timedelta(minutes=1)),  # would flip it back online
+            telemetry("cam-kept", 1),
+        ]
+    )
+    assert result.accepted == 1
+    assert result.dead_letters == {"device_revoked": 2}
+    assert result.devices_seen == {"cam-kept"}
+    assert InferenceRecord.objects.filter(device_id="cam-gone").count() == 0
+    assert InferenceRecord.objects.filter(device_id="cam-kept").count() == 1
+    letters = DeadLetter.objects.filter(device_id="cam-gone").order_by("topic")
+    assert [(d.topic, d.reason) for d in letters] == [
+        ("devices/cam-gone/status", "device_revoked"),
+        ("devices/cam-gone/telemetry", "device_revoked"),
+    ]
+    assert DevicePresence.objects.get(pk="cam-gone").online is False
+    assert history("cam-gone") == [(True, "connect", 2), (False, "revoked", 2)]

@@ -6,7 +6,7 @@ import datetime as dt
 from django.contrib import messages
 from django.db import transaction
 from django.db.models import Count
-from django.http import HttpResponseRedirect
+from django.http import HttpResponseRedirect, QueryDict
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 from django.utils.dateparse import parse_datetime
@@ -44,6 +44,9 @@ def releases(request):
     return render_page(request, "ota/releases.html", "ota/_release_list.html", {"page": page})
 
 
+SELF_TEST_FIELDS = ("self_test_input", "self_test_expected")
+
+
 @operator_required  # as the API: operators upload releases (revoking one is an admin's)
 @require_POST
 def release_upload(request):
@@ -53,15 +56,15 @@ def release_upload(request):
     The page's upload.js posts the form with XMLHttpRequest to show the upload's progress and swaps in
     the answer: the new release with its hashes and signature, or the refusal per field. Without
     JavaScript the form is a plain post and the answer is the releases page with a message."""
-    payload = ArtifactUploadSerializer(
-        data={
-            "file": request.FILES.get("file"),
-            "name": request.POST.get("name", "").strip(),
-            "version": request.POST.get("version", "").strip(),
-            "runtime": request.POST.get("runtime", "").strip(),
-            "hardware_classes": request.POST.get("hardware_classes", "").replace(",", " ").split(),
-        }
-    )
+    # Form input, as the API's multipart: the serializer reads the self-test fields as JSON text.
+    form = QueryDict(mutable=True)
+    form["file"] = request.FILES.get("file")
+    for field in ("name", "version", "runtime", *SELF_TEST_FIELDS):
+        value = request.POST.get(field, "").strip()
+        if value or field not in SELF_TEST_FIELDS:  # a blank self-test field means none
+            form[field] = value
+    form.setlist("hardware_classes", request.POST.get("hardware_classes", "").replace(",", " ").split())
+    payload = ArtifactUploadSerializer(data=form)
     context: dict = {"artifact": None, "signature": None, "errors": []}
     status = 201
     if not payload.is_valid():
@@ -77,6 +80,8 @@ def release_upload(request):
                 version=data["version"],
                 runtime=data["runtime"],
                 hardware_classes=data["hardware_classes"],
+                self_test_input=data["self_test_input"],
+                self_test_expected=data["self_test_expected"],
             )
             context |= {"artifact": artifact, "signature": selectors.release_signature(artifact)}
         except ApiError as exc:

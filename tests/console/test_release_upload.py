@@ -57,6 +57,19 @@ def test_bad_upload_is_refused_per_field_and_stores_nothing(operator_client, rep
     assert not Artifact.objects.exists()
 
 
+def test_self_test_fields_are_json_like_the_apis_and_blank_means_none(operator_client, repo):  # noqa: F811
+    with_test = upload_form(self_test_input='{"image": "frame-1.jpg"}', self_test_expected=' {"label": "person"} ')
+    assert operator_client.post("/releases/upload/", with_test, **HTMX).status_code == 201
+    blank = upload_form(version="3.2.0", self_test_input="", self_test_expected="  ")
+    assert operator_client.post("/releases/upload/", blank, **HTMX).status_code == 201
+    tests = dict(Artifact.objects.values_list("version", "self_test_input"))
+    assert tests == {"3.1.0": {"image": "frame-1.jpg"}, "3.2.0": None}
+    assert Artifact.objects.get(version="3.1.0").self_test_expected == {"label": "person"}
+    bad = operator_client.post("/releases/upload/", upload_form(version="3.3.0", self_test_input="{not json"), **HTMX)
+    assert bad.status_code == 400 and 'data-error-field="self_test_input"' in html(bad)
+    assert not Artifact.objects.filter(version="3.3.0").exists()
+
+
 def test_duplicate_version_is_refused_with_the_services_conflict(operator_client, repo):  # noqa: F811
     assert operator_client.post("/releases/upload/", upload_form(), **HTMX).status_code == 201
     again = operator_client.post("/releases/upload/", upload_form(), **HTMX)

@@ -31,3 +31,23 @@ def make_device(device_id: str | None = None, *, token: str | None = None, **kwa
     key = generate_private_key()
     result = device_services.device_enroll(token=token or make_token(), csr_pem=build_csr_pem(key, device_id), **kwargs)
     return result, key
+
+
+def spend_cloud_budget(device, *, tokens: int, cost_micros: int) -> None:
+    """What the LLM gateway does before forwarding a request: reserve in every window of the device's
+    effective policy (a public-data chat request to the model "small")."""
+    from django.utils import timezone
+
+    from policies import selectors
+    from policies import services as policy_services
+
+    policy_services.budget_reserve(
+        device=device,
+        document=selectors.effective_policy(device).document,
+        task="chat",
+        data_class="public",
+        model="small",
+        tokens=tokens,
+        cost_micros=cost_micros,
+        at=timezone.now(),
+    )

@@ -4,15 +4,22 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('telemetry', '0003_presence_history'),
+        ("telemetry", "0003_presence_history"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='presenceevent',
-            name='cause',
-            field=models.CharField(choices=[('connect', 'Connected'), ('disconnect', 'Disconnected cleanly'), ('will', 'Connection lost (last will)'), ('revoked', 'Revoked by an operator')], max_length=16),
+            model_name="presenceevent",
+            name="cause",
+            field=models.CharField(
+                choices=[
+                    ("connect", "Connected"),
+                    ("disconnect", "Disconnected cleanly"),
+                    ("will", "Connection lost (last will)"),
+                    ("revoked", "Revoked by an operator"),
+                ],
+                max_length=16,
+            ),
         ),
     ]

@@ -20,7 +20,7 @@ from fleet.models import AuditEvent, Role
 from fleet_agent.identity import build_csr_pem, generate_private_key
 from telemetry import histogram
 from telemetry.models import InferenceRollup
-from tests.factories import make_operator
+from tests.factories import make_operator, spend_cloud_budget
 
 # Playwright's sync API runs an event loop in this thread; Django refuses ORM calls from a thread with a
 # running loop unless told this is safe. It is: the loop only drives the browser, and the test's ORM calls
@@ -185,21 +185,9 @@ def add_policies(*, group) -> None:
 
 def add_cloud_usage(device_ids: list[str]) -> None:
     """Cloud requests of the day through the gateway's budget reservation (what it does before forwarding)."""
-    from policies import selectors
-    from policies import services as policy_services
-
     for n, device in enumerate(Device.objects.filter(pk__in=device_ids).order_by("pk")):
         tokens = 300_000 + 30_000 * n  # under the 1,000,000 a day of PRIVACY_FIRST
-        policy_services.budget_reserve(
-            device=device,
-            document=selectors.effective_policy(device).document,
-            task="chat",
-            data_class="public",
-            model="small",
-            tokens=tokens,
-            cost_micros=tokens * 40,
-            at=timezone.now(),
-        )
+        spend_cloud_budget(device, tokens=tokens, cost_micros=tokens * 40)
 
 
 def start_a_rollout(hardware: list[str]) -> None:
@@ -629,7 +617,6 @@ def test_device_page_lists_presence_transitions_as_the_device_connects_and_drops
 
 def test_dashboard_shows_cloud_usage_against_budgets_and_follows_it_live(page_for, monkeypatch):
     from fleet.celery import app as celery_app
-    from policies import selectors
     from policies import services as policy_services
     from tests.factories import make_device
     from tests.policies.conftest import PRIVACY_FIRST, SYSTEM
@@ -647,17 +634,7 @@ def test_dashboard_shows_cloud_usage_against_budgets_and_follows_it_live(page_fo
         celery_app.conf.task_always_eager = previous
 
     def spend(device, tokens: int) -> None:
-        """What the gateway reserves before forwarding a request."""
-        policy_services.budget_reserve(
-            device=device,
-            document=selectors.effective_policy(device).document,
-            task="chat",
-            data_class="public",
-            model="small",
-            tokens=tokens,
-            cost_micros=tokens * 100,
-            at=timezone.now(),
-        )
+        spend_cloud_budget(device, tokens=tokens, cost_micros=tokens * 100)
 
     spend(devices[0], 6_000)
     page = page_for(Role.VIEWER)

@@ -12,7 +12,7 @@ from fleet.celery import app as celery_app
 from fleet.models import AuditEvent
 from policies import services
 from policies.models import Policy
-from tests.factories import make_device, make_token
+from tests.factories import make_device, make_token, spend_cloud_budget
 from tests.policies.conftest import PRIVACY_FIRST, SYSTEM
 
 pytestmark = pytest.mark.django_db
@@ -107,7 +107,6 @@ def test_viewer_can_read_a_policy_but_not_change_it(viewer_client):
 
 
 def test_dashboard_shows_cloud_usage_against_each_scopes_budget_and_polls_it(viewer_client):
-    from policies import selectors
 
     clinic = device_services.group_create(actor=SYSTEM, name="clinic")
     in_clinic = make_device("cam-clinic", token=make_token(group=clinic))[0].device
@@ -119,19 +118,8 @@ def test_dashboard_shows_cloud_usage_against_each_scopes_budget_and_polls_it(vie
     services.policy_create(
         actor=SYSTEM, scope="device", device=elsewhere, document={"budgets": {"month": {"requests": 4}}}
     )
-    now = timezone.now()
-    # What the gateway does before forwarding a request: reserve in every window of the device's policy.
     for device, tokens in ((in_clinic, 500), (elsewhere, 300)):
-        services.budget_reserve(
-            device=device,
-            document=selectors.effective_policy(device).document,
-            task="chat",
-            data_class="public",
-            model="small",
-            tokens=tokens,
-            cost_micros=100_000,
-            at=now,
-        )
+        spend_cloud_budget(device, tokens=tokens, cost_micros=100_000)
 
     page = html(viewer_client.get("/"))
     assert 'id="cloud-budgets"' in page

@@ -5,6 +5,8 @@ Clients (and the device agent) branch on ``code`` and on the per-field codes, ne
 
 import logging
 
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import DataError
 from django.http import Http404
@@ -46,6 +48,14 @@ logger = logging.getLogger(__name__)
 
 
 def api_exception_handler(exc, context):
+    if isinstance(exc, RequestDataTooBig):
+        # Raised by Django while DRF reads the body; left alone it becomes Django's HTML 400.
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        body = {"error": {"code": "request_too_large", "message": f"The request body is larger than {limit} bytes."}}
+        return Response(body, status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
+    if isinstance(exc, SuspiciousOperation):  # too many fields or files in a form, a malformed multipart
+        body = {"error": {"code": "malformed_request", "message": str(exc) or "The request cannot be read."}}
+        return Response(body, status=status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, DataError):
         # A value the database refused (NUL in text, a number out of range, ...) that input validation
         # let through: the client's input, so a 400, but logged, because the validation should have

@@ -55,3 +55,48 @@ class NameRelatedField(serializers.SlugRelatedField):
         if isinstance(data, str) and "\x00" in data:
             self.fail("does_not_exist", slug_name=self.slug_field, value=data.replace("\x00", "\\x00"))
         return super().to_internal_value(data)
+
+
+class KeyRelatedField(serializers.PrimaryKeyRelatedField):
+    """A related object named by its text primary key (``device: "cam-1"``), refusing a key with a NUL
+    byte as the unknown key it is (PostgreSQL would refuse the lookup with an error)."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, str) and "\x00" in data:
+            self.fail("does_not_exist", pk_value=data.replace("\x00", "\\x00"))
+        return super().to_internal_value(data)
+
+
+def _first_unstorable(value, path: str = "") -> str | None:
+    """Where in a JSON value PostgreSQL's jsonb would refuse it: a NUL character in a string or a key
+    (DRF's JSON parsing already refuses NaN and Infinity). None when all of it can be stored."""
+    if isinstance(value, str):
+        return (path or "(value)") if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if "\x00" in str(key):
+                return where
+            found = _first_unstorable(item, where)
+            if found:
+                return found
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _first_unstorable(item, f"{path}[{index}]")
+            if found:
+                return found
+    return None
+
+
+class StorableJSONField(serializers.JSONField):
+    """A JSON value stored in a jsonb column: refused with a 400 naming the place, rather than by the
+    database, when it holds a NUL character."""
+
+    default_error_messages = {"unstorable": "Cannot be stored: a NUL character at {where}."}
+
+    def to_internal_value(self, data):
+        value = super().to_internal_value(data)
+        where = _first_unstorable(value)
+        if where:
+            self.fail("unstorable", where=where.replace("\x00", "\\x00"))
+        return value

@@ -1,5 +1,6 @@
 from rest_framework import serializers
 
+from fleet.api.fields import StorableJSONField
 from ota.models import Artifact, OnFailure, Rollout, RolloutDevice
 
 
@@ -37,8 +38,8 @@ class ArtifactUploadSerializer(serializers.Serializer):
     hardware_classes = serializers.ListField(
         child=serializers.RegexField(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}$"), min_length=1, max_length=100
     )
-    self_test_input = serializers.JSONField(required=False, allow_null=True, default=None)
-    self_test_expected = serializers.JSONField(required=False, allow_null=True, default=None)
+    self_test_input = StorableJSONField(required=False, allow_null=True, default=None)
+    self_test_expected = StorableJSONField(required=False, allow_null=True, default=None)
 
 
 class RevokeSerializer(serializers.Serializer):

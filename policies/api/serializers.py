@@ -1,6 +1,7 @@
 from rest_framework import serializers
 
 from devices.models import Device, DeviceGroup
+from fleet.api.fields import KeyRelatedField, NameRelatedField, StorableJSONField
 from policies.models import Policy, Scope
 
 
@@ -17,17 +18,15 @@ class PolicySerializer(serializers.ModelSerializer):
 
 class PolicyCreateSerializer(serializers.Serializer):
     scope = serializers.ChoiceField(choices=Scope.choices)
-    group = serializers.SlugRelatedField(
+    group = NameRelatedField(
         slug_field="name", queryset=DeviceGroup.objects.all(), required=False, allow_null=True, default=None
     )
-    device = serializers.PrimaryKeyRelatedField(
-        queryset=Device.objects.all(), required=False, allow_null=True, default=None
-    )
-    document = serializers.JSONField(help_text="A policy document (docs/policies.md).")
+    device = KeyRelatedField(queryset=Device.objects.all(), required=False, allow_null=True, default=None)
+    document = StorableJSONField(help_text="A policy document (docs/policies.md).")
 
 
 class PolicyUpdateSerializer(serializers.Serializer):
-    document = serializers.JSONField()
+    document = StorableJSONField()
 
 
 class EffectivePolicySerializer(serializers.Serializer):

@@ -2,6 +2,7 @@
 answers, wherever they enter: body, path, query string, headers. Found by the schema fuzz run."""
 
 import base64
+import io
 from urllib.parse import quote, urlencode
 
 import pytest
@@ -88,3 +89,54 @@ def test_a_value_the_database_refuses_is_a_400_not_a_500(admin_api, monkeypatch)
     response = admin_api.get(f"/api/v1/operators/{admin_api.user.username}/")
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_value"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/api/v1/policies/", {"scope": "fleet", "document": {"allow": [{"task": "a\x00b"}]}}, "document"),
+        ("/api/v1/policies/", {"scope": "fleet", "document": {"k\x00ey": 1}}, "document"),
+        ("/api/v1/policies/", {"scope": "group", "group": "pl\x00ant", "document": {}}, "group"),
+        ("/api/v1/policies/", {"scope": "device", "device": "cam\x00-1", "document": {}}, "device"),
+    ],
+)
+def test_nul_in_a_policy_is_a_400_refused_before_the_database(admin_api, world, caplog, path, body, field):
+    response = admin_api.post(path, body, format="json")
+    assert response.status_code == 400, response.content
+    assert field in response.json()["error"]["fields"]
+    assert not [r for r in caplog.records if r.name == "fleet.api.errors"]  # validation, not a DataError
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [('{"image": "a\\u0000b"}', "image"), ('{"frames": [1, "\\u0000"]}', "frames[1]"), ('"\\u0000"', "(value)")],
+)
+def test_unstorable_self_test_json_in_an_upload_is_a_400_naming_the_place(admin_api, world, caplog, text, where):
+    body = {
+        "file": io.BytesIO(b"weights"),
+        "name": "detector",
+        "version": "1.0.0",
+        "runtime": "onnxruntime",
+        "hardware_classes": ["rpi5"],
+        "self_test_input": text,
+    }
+    response = admin_api.post("/api/v1/ota/artifacts/", body, format="multipart")
+    assert response.status_code == 400, response.content
+    [error] = response.json()["error"]["fields"]["self_test_input"]
+    assert error["code"] == "unstorable" and f"at {where}." in error["message"]
+    assert not [r for r in caplog.records if r.name == "fleet.api.errors"]
+
+
+def test_a_body_over_the_upload_limit_is_a_413_in_the_error_shape(anon_api, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    response = anon_api.post("/api/v1/enroll/", {"token": "x" * 2000, "csr": "y"}, format="json")
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "request_too_large"
+
+
+def test_a_form_with_too_many_fields_is_a_400_in_the_error_shape(admin_api, settings):
+    settings.DATA_UPLOAD_MAX_NUMBER_FIELDS = 10
+    body = {"name": "detector", **{f"extra{n}": "1" for n in range(20)}}
+    response = admin_api.post("/api/v1/ota/artifacts/", body, format="multipart")
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "malformed_request"

@@ -15,6 +15,9 @@ from policies.statements import hot_cursor
 
 FLEET_LABEL = "fleet"
 
+# Merge order of the scopes: each overrides the one before it.
+_SCOPE_ORDER = {Scope.FLEET: 0, Scope.GROUP: 1, Scope.DEVICE: 2}
+
 
 def scope_policies(device: Device) -> list[Policy]:
     """The policies that apply to a device, fleet first, in one query."""
@@ -22,8 +25,7 @@ def scope_policies(device: Device) -> list[Policy]:
     if device.group_id:
         condition |= Q(group_id=device.group_id)
     rows = list(Policy.objects.filter(condition).select_related("group"))
-    order = {Scope.FLEET: 0, Scope.GROUP: 1, Scope.DEVICE: 2}
-    return sorted(rows, key=lambda row: order[row.scope])
+    return sorted(rows, key=lambda row: _SCOPE_ORDER[row.scope])
 
 
 def _scopes(rows: list[Policy]) -> list[tuple[str, dict]]:
@@ -58,9 +60,6 @@ class GatewayCaller:
 
     device: Device
     policy_key: tuple[tuple[int, int], ...]
-
-
-_SCOPE_ORDER = {Scope.FLEET: 0, Scope.GROUP: 1, Scope.DEVICE: 2}
 
 
 def _caller_sql() -> str:
@@ -195,9 +194,7 @@ BUDGET_WINDOWS = ("hour", "day", "month")
 _COUNTER_SCALE = {"cost": 1_000_000}  # counters keep cost in millionths of LLM_CURRENCY
 
 
-def budget_usage(
-    *, at: dt.datetime, active_by_group: dict[int | None, int] | None = None, max_scopes: int = 20
-) -> list[dict]:
+def budget_usage(*, at: dt.datetime, active_by_group: dict[int | None, int], max_scopes: int = 20) -> list[dict]:
     """Cloud usage against budgets, per scope policy that sets budgets (fleet default, groups, then
     devices, at most ``max_scopes``), per window (current hour, day, month) and per budgeted field.
 
@@ -208,11 +205,12 @@ def budget_usage(
 
     Per window (index budget_counter_window_idx, that window's counters only): one aggregate for the
     fleet without a join, one for the scoped groups (joining only their devices), one for the scoped
-    devices, each with one conditional count per distinct limit; and one count of active devices per
-    scoped group. Queries do not grow with the number of scopes.
+    devices, each with one conditional count per distinct limit. Queries do not grow with the number of
+    scopes. ``active_by_group``: active devices per group id (None: in no group), which the dashboard
+    already counts in its one pass over the devices (fleet.views.fleet_counts).
     """
     starts = window_starts(at)
-    rank = Case(When(scope=Scope.FLEET, then=0), When(scope=Scope.GROUP, then=1), default=2)
+    rank = Case(*(When(scope=scope, then=order) for scope, order in _SCOPE_ORDER.items()))
     policies = list(
         Policy.objects.filter(document__has_key="budgets")
         .select_related("group")
@@ -224,10 +222,6 @@ def budget_usage(
     limits = {p.pk: {w: (p.document.get("budgets") or {}).get(w) or {} for w in BUDGET_WINDOWS} for p in policies}
     device_ids = [p.device_id for p in policies if p.scope == Scope.DEVICE]
     group_ids = [p.group_id for p in policies if p.scope == Scope.GROUP]
-    if active_by_group is None:
-        active_by_group = dict(
-            Device.objects.filter(status=DeviceStatus.ACTIVE).order_by().values_list("group_id").annotate(n=Count("*"))
-        )
     devices_in: dict = {None: sum(active_by_group.values())} | {g: active_by_group.get(g, 0) for g in group_ids}
     active_devices = Device.objects.filter(status=DeviceStatus.ACTIVE, pk__in=device_ids).values_list("pk", flat=True)
     devices_in |= {("device", d): 1 for d in active_devices}
@@ -271,13 +265,12 @@ def budget_usage(
             window_limits = {f: v for f, v in limits[policy.pk][window].items() if f in BUDGET_FIELDS}
             if not window_limits or window not in totals:
                 continue
-            rows_by_key, thresholds = totals[window]["rows"], totals[window]["thresholds"]
-            rows = [rows_by_key[key]] if key in rows_by_key else []
+            row, thresholds = totals[window]["rows"].get(key), totals[window]["thresholds"]
             fields = []
             for field, limit in window_limits.items():
                 scale = _COUNTER_SCALE.get(field, 1)
-                used = sum(r[f"{field}_used"] or 0 for r in rows) / scale
-                at_limit = sum(r[thresholds[(field, limit)]] for r in rows)
+                used = ((row[f"{field}_used"] or 0) if row else 0) / scale
+                at_limit = row[thresholds[(field, limit)]] if row else 0
                 budget = limit * device_count
                 share = used / budget if budget else (1.0 if used else 0.0)
                 fields.append(

@@ -58,7 +58,8 @@ class DeviceHeartbeatsView(APIView):
 
 class DevicePresenceView(APIView):
     """A device's presence history: its newest connects and disconnects (newest first), with the cause
-    (connect, clean disconnect, or connection lost: the broker published its last will)."""
+    (connect, clean disconnect, connection lost: the broker published its last will, or revoked by an
+    operator while online)."""
 
     @extend_schema(parameters=[s.PresenceQuerySerializer], responses=s.PresenceEventSerializer(many=True))
     def get(self, request, device_id: str):

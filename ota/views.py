@@ -239,8 +239,8 @@ def _pct(part, whole) -> float | None:
     return round(100.0 * part / whole, 3) if whole else None
 
 
-def _evaluated_at(created_at: dt.datetime, after: dict | None) -> dt.datetime:
-    at = parse_datetime((after or {}).get("at") or "")
+def _evaluated_at(created_at: dt.datetime, after: dict) -> dt.datetime:
+    at = parse_datetime(after.get("at") or "")
     return at or created_at
 
 
@@ -248,18 +248,17 @@ def gate_charts(rollout: Rollout) -> dict:
     """Chart series from the rollout's gate evaluations (the audit events that store each evaluation's
     metric snapshot, oldest first): per gate its value against its threshold, and per figure the cohort
     against the control cohort. A gate an evaluation did not have (another stage) is a gap."""
-    events = list(
-        AuditEvent.objects.filter(
-            object_type="rollout", object_id=str(rollout.pk), action="rollout.gate_evaluation"
-        ).values_list("created_at", "after")[:GATE_HISTORY_POINTS]
-    )
+    rows = AuditEvent.objects.filter(
+        object_type="rollout", object_id=str(rollout.pk), action="rollout.gate_evaluation"
+    ).values_list("created_at", "after")[:GATE_HISTORY_POINTS]
+    events = [(created_at, after or {}) for created_at, after in rows]
     events.reverse()  # newest GATE_HISTORY_POINTS, drawn oldest first
     # The evaluation's own time (``at``), or when it was recorded for evaluations stored without it.
     t = [int(_evaluated_at(created_at, after).timestamp()) for created_at, after in events]
-    names = sorted({gate["name"] for _, after in events for gate in (after or {}).get("gates", [])})
+    gates_by_event = [{gate["name"]: gate for gate in after.get("gates", [])} for _, after in events]
     gates = {}
-    for name in names:
-        by_event = [{g["name"]: g for g in (after or {}).get("gates", [])}.get(name) for _, after in events]
+    for name in sorted({name for by_name in gates_by_event for name in by_name}):
+        by_event = [by_name.get(name) for by_name in gates_by_event]
         gates[name] = {
             "t": t,
             "value": [g["value"] if g else None for g in by_event],
@@ -267,8 +266,8 @@ def gate_charts(rollout: Rollout) -> dict:
         }
     compare = {}
     for key, (label, unit, figure) in COMPARISONS.items():
-        cohort = [figure((after or {}).get("cohort") or {}) for _, after in events]
-        control = [figure((after or {}).get("control") or {}) for _, after in events]
+        cohort = [figure(after.get("cohort") or {}) for _, after in events]
+        control = [figure(after.get("control") or {}) for _, after in events]
         if any(v is not None for v in cohort + control):
             compare[key] = {"t": t, "cohort": cohort, "control": control, "label": label, "unit": unit}
     return {"points": len(t), "gates": gates, "compare": compare}

@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "agent")]
 
 from tests import services  # noqa: E402 - free ports and binaries, by import (it sets env we override below)
+from tests.processes import process_stat  # noqa: E402
 
 WORK = Path(tempfile.mkdtemp(prefix="fleet-bench-agent-"))
 WORK.chmod(0o755)
@@ -94,11 +95,6 @@ def enrollment_token(uses: int) -> str:
     ).secret
 
 
-def proc_cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def bench_idle(server: str) -> tuple[float, float]:
     from fleet_agent.enroll import enroll
     from fleet_agent.system import rss_mb
@@ -120,9 +116,9 @@ def bench_idle(server: str) -> tuple[float, float]:
                 raise RuntimeError("the agent did not connect")
             time.sleep(0.2)
         time.sleep(3)
-        cpu_before, wall_before = proc_cpu_seconds(process.pid), time.monotonic()
+        cpu_before, wall_before = process_stat(process.pid)[1], time.monotonic()
         time.sleep(10)
-        cpu_pct = 100 * (proc_cpu_seconds(process.pid) - cpu_before) / (time.monotonic() - wall_before)
+        cpu_pct = 100 * (process_stat(process.pid)[1] - cpu_before) / (time.monotonic() - wall_before)
         return rss_mb(process.pid), cpu_pct
     finally:
         process.terminate()

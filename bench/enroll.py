@@ -38,6 +38,8 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _services import BenchPostgres, free_port, wait_for_port
 
+from tests.processes import process_stat
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "agent"))
 from fleet_agent.identity import build_csr_pem, generate_private_key  # noqa: E402
@@ -96,8 +98,6 @@ def admin_token(env: dict[str, str]) -> str:
 # besides wall-clock rates the bench reports the CPU time each side spends per request: that figure does
 # not depend on what else runs, and 2 cores / CPU-per-request is the rate an idle 2-core machine reaches.
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
 
 def _process_table() -> dict[int, tuple[int, float]]:
     """pid -> (parent pid, CPU seconds used so far) for every process."""
@@ -106,11 +106,9 @@ def _process_table() -> dict[int, tuple[int, float]]:
         if not entry.isdigit():
             continue
         try:
-            with open(f"/proc/{entry}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
+            table[int(entry)] = process_stat(int(entry))
         except OSError:
             continue
-        table[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / CLOCK_TICKS)
     return table
 
 

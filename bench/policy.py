@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 # Points DATABASE_URL and secrets at this run's own services (before Django reads its settings).
 from tests import services as test_services  # noqa: E402
+from tests.processes import process_stat  # noqa: E402
 
 POLICY = {
     "tasks": {
@@ -71,18 +72,15 @@ def bench_decide(iterations: int = 200_000) -> dict:
     return {"p50_us": percentile(timings, 0.5) / 1000, "p99_us": percentile(timings, 0.99) / 1000}
 
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
 def children(ppid: int) -> list[int]:
     out = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                parent, _ = process_stat(int(entry.name))
             except OSError:
                 continue
-            if int(fields[1]) == ppid:
+            if parent == ppid:
                 out.append(int(entry.name))
     return out
 
@@ -92,10 +90,9 @@ def cpu_seconds(pids: list[int]) -> dict[int, float]:
     out = {}
     for pid in pids:
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            out[pid] = process_stat(pid)[1]
         except OSError:
             continue
-        out[pid] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
     return out
 
 

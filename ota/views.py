@@ -71,18 +71,8 @@ def release_upload(request):
         context["errors"] = [(field, " ".join(str(m) for m in msgs)) for field, msgs in payload.errors.items()]
         status = 400
     else:
-        data = payload.validated_data
         try:
-            artifact = services.artifact_upload(
-                actor=actor_of(request),
-                upload=data["file"],
-                name=data["name"],
-                version=data["version"],
-                runtime=data["runtime"],
-                hardware_classes=data["hardware_classes"],
-                self_test_input=data["self_test_input"],
-                self_test_expected=data["self_test_expected"],
-            )
+            artifact = services.artifact_upload(actor=actor_of(request), **payload.validated_data)
             context |= {"artifact": artifact, "signature": selectors.release_signature(artifact)}
         except ApiError as exc:
             context["errors"] = [(exc.field or "file", error_message(exc))]

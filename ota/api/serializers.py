@@ -31,7 +31,10 @@ class ArtifactSerializer(serializers.ModelSerializer):
 
 
 class ArtifactUploadSerializer(serializers.Serializer):
-    file = serializers.FileField()
+    """The input of ota.services.artifact_upload: its validated data is the service's keyword arguments
+    (the API and the console pass it on as it is)."""
+
+    file = serializers.FileField(source="upload")
     name = serializers.RegexField(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,127}$")
     version = serializers.RegexField(r"^[a-zA-Z0-9][a-zA-Z0-9.+_-]{0,63}$")
     runtime = serializers.RegexField(r"^[a-z0-9][a-z0-9._-]{0,63}$")

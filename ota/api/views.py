@@ -35,17 +35,7 @@ class ArtifactViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
     def create(self, request):
         payload = s.ArtifactUploadSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
-        data = payload.validated_data
-        artifact = services.artifact_upload(
-            actor=_actor(request),
-            upload=data["file"],
-            name=data["name"],
-            version=data["version"],
-            runtime=data["runtime"],
-            hardware_classes=data["hardware_classes"],
-            self_test_input=data["self_test_input"],
-            self_test_expected=data["self_test_expected"],
-        )
+        artifact = services.artifact_upload(actor=_actor(request), **payload.validated_data)
         return Response(s.ArtifactSerializer(artifact).data, status=status.HTTP_201_CREATED)
 
 

@@ -30,10 +30,9 @@ class ArtifactSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+# The input of ota.services.artifact_upload: its validated data is the service's keyword arguments (the API
+# and the console pass it on as it is). A comment, not a docstring: that would become the OpenAPI text.
 class ArtifactUploadSerializer(serializers.Serializer):
-    """The input of ota.services.artifact_upload: its validated data is the service's keyword arguments
-    (the API and the console pass it on as it is)."""
-
     file = serializers.FileField(source="upload")
     name = serializers.RegexField(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,127}$")
     version = serializers.RegexField(r"^[a-zA-Z0-9][a-zA-Z0-9.+_-]{0,63}$")
